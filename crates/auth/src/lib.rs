@@ -1,1 +1,31 @@
-//! auth
+//! Authentication and authorisation: roles and permissions, session JWTs (HS256 by default,
+//! one pinned algorithm), opaque API tokens, and finding the token a request carries
+//! (`Authorization: Bearer`, cookie `jwt_token`, `?token=`, `?access_token=`).
+
+mod carrier;
+mod jwt;
+mod roles;
+
+pub use carrier::{find_token, is_jwt_shaped, Carrier};
+pub use jwt::{Claims, JwtConfig, JwtError, JwtKeys};
+pub use roles::{Permission, Role};
+
+/// Who a verified request runs as. Built only from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable user id (the JWT `id` / `sub` claim).
+    pub user_id: String,
+    /// User name.
+    pub username: String,
+    /// Role, which decides the permissions.
+    pub role: Role,
+    /// Session id (`jti`) for JWTs; `None` for API tokens.
+    pub session_id: Option<String>,
+}
+
+impl Identity {
+    /// True when the role grants `p`.
+    pub fn can(&self, p: Permission) -> bool {
+        self.role.grants(p)
+    }
+}

@@ -259,6 +259,9 @@ mod tests {
         assert!(Envelope::decode(&Bytes::from_static(b"T")).is_err());
         assert!(Envelope::decode(&Bytes::from_static(b"TC\x00\x09ab")).is_err());
         assert!(Envelope::decode(&Bytes::from_static(b"X*\x00\x00")).is_err());
-        assert!(Envelope::decode(&Bytes::from_static(b"P*\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff")).is_err());
+        assert!(Envelope::decode(&Bytes::from_static(
+            b"P*\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff"
+        ))
+        .is_err());
     }
 }

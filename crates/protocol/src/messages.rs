@@ -19,8 +19,9 @@ pub enum Delivery {
 pub fn delivery_of(message_type: &str) -> Delivery {
     match message_type {
         "status" => Delivery::Broadcast,
-        "execution_start" | "execution_cached" | "executing" | "executed"
-        | "execution_success" => Delivery::SubmitterOnly,
+        "execution_start" | "execution_cached" | "executing" | "executed" | "execution_success" => {
+            Delivery::SubmitterOnly
+        }
         // A terminal execution_error is submitter-only; the non-terminal blocker variant is
         // broadcast without a client id. Callers pass the blocker through `is_blocker_error`.
         "execution_error" => Delivery::SubmitterOnly,

@@ -1,1 +1,109 @@
-//! store
+//! Everything that touches Redis: the key schema ([`keys`]), the Lua scripts (`src/lua/`), the
+//! job queue (submit, claim, finish, cancel), job and history records, the event bus and the
+//! backend registry. Gateways and workers share state only through this crate.
+
+pub mod keys;
+
+mod bus;
+mod error;
+mod jobs;
+mod queue;
+mod registry;
+mod scripts;
+#[cfg(feature = "test-support")]
+pub mod test_redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+pub use bus::{ControlMessage, ControlSubscriber, EventStream, EventSubscriber, Subscriptions};
+pub use error::StoreError;
+pub use jobs::{JobRecord, JobState};
+pub use keys::Keys;
+pub use queue::{Finish, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState};
+pub use registry::{sha256_hex, BackendInfo, BackendState};
+
+/// How to reach Redis and how much to keep there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://` or `rediss://` URL (passwords allowed).
+    pub url: String,
+    /// Prefix of every key and channel, so deployments and tests can share one Redis.
+    pub key_prefix: String,
+    /// Finished jobs kept per user and pool (ComfyUI keeps 10000).
+    pub history_max_items: usize,
+    /// Timeout of one Redis command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "cb".into(),
+            history_max_items: 10_000,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A handle on the shared state. Cheap to clone; one multiplexed connection underneath.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    scripts: scripts::Scripts,
+    config: StoreConfig,
+}
+
+impl Store {
+    /// Connects (retrying is the connection manager's job after the first success).
+    pub async fn connect(config: StoreConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.command_timeout))
+            .set_connection_timeout(Some(config.command_timeout));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                keys: Keys::new(config.key_prefix.clone()),
+                scripts: scripts::Scripts::load(),
+                config,
+            }),
+        })
+    }
+
+    /// The key schema in use.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// A connection for one operation (a cheap clone of the multiplexed connection).
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Round trip to Redis (readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Every Redis key and channel the broker uses, in one place.
+//!
+//! All keys of one pool share the hash tag `{<pool>}` so that each Lua script touches a single
+//! Redis Cluster slot. `prefix` (config `redis.key_prefix`) lets several deployments or parallel
+//! tests share one Redis. Pub/sub channels are not keys and carry no hash tag.
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<p>:{<pool>}:seq` | string | counter behind each job's `number` |
+//! | `<p>:{<pool>}:job:<uid>:<pid>` | hash | the job record (see `jobs::fields`) |
+//! | `<p>:{<pool>}:pending:<uid>` | zset | the user's pending prompt ids, scored by priority |
+//! | `<p>:{<pool>}:ready` | zset | users with pending work, scored by their next job's priority |
+//! | `<p>:{<pool>}:running:<uid>` | set | the user's running prompt ids |
+//! | `<p>:{<pool>}:runners` | zset | `<uid>:<pid>` of every running job, scored by start time |
+//! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
+//! | `<p>:{<pool>}:hist:<uid>` | zset | the user's finished prompt ids, scored by completion order |
+//! | `<p>:{<pool>}:hseq` | string | completion-order counter |
+//! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
+//! | `<p>:{<pool>}:backends` | hash | backend id → JSON `BackendInfo` published by its worker |
+//! | `<p>:{<pool>}:objinfo:<sha256>` | string | a backend's `/object_info` JSON, content-addressed |
+//!
+//! | channel | what |
+//! | --- | --- |
+//! | `<p>:ev:<uid>` | the user's events (`protocol::envelope`) |
+//! | `<p>:{<pool>}:wake` | "new work" nudges for idle workers |
+//! | `<p>:{<pool>}:ctl` | control messages to workers (interrupts) |
+
+/// Name of the consumer group on every lease stream.
+pub const LEASE_GROUP: &str = "workers";
+
+/// Builds key and channel names for one deployment (one prefix).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `cb`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<p>:{<pool>}` — the part every key of a pool starts with (scripts build the per-user
+    /// keys of that pool from it, so they stay in the same slot).
+    pub fn pool_base(&self, pool: &str) -> String {
+        format!("{}:{{{}}}", self.prefix, pool)
+    }
+
+    /// Job number counter.
+    pub fn seq(&self, pool: &str) -> String {
+        format!("{}:seq", self.pool_base(pool))
+    }
+
+    /// A job record.
+    pub fn job(&self, pool: &str, uid: &str, pid: &str) -> String {
+        format!("{}:job:{}:{}", self.pool_base(pool), uid, pid)
+    }
+
+    /// A user's pending jobs.
+    pub fn pending(&self, pool: &str, uid: &str) -> String {
+        format!("{}:pending:{}", self.pool_base(pool), uid)
+    }
+
+    /// Users with pending work.
+    pub fn ready(&self, pool: &str) -> String {
+        format!("{}:ready", self.pool_base(pool))
+    }
+
+    /// A user's running jobs.
+    pub fn running(&self, pool: &str, uid: &str) -> String {
+        format!("{}:running:{}", self.pool_base(pool), uid)
+    }
+
+    /// Every running job of the pool.
+    pub fn runners(&self, pool: &str) -> String {
+        format!("{}:runners", self.pool_base(pool))
+    }
+
+    /// The lease stream.
+    pub fn leases(&self, pool: &str) -> String {
+        format!("{}:leases", self.pool_base(pool))
+    }
+
+    /// A user's history index.
+    pub fn history(&self, pool: &str, uid: &str) -> String {
+        format!("{}:hist:{}", self.pool_base(pool), uid)
+    }
+
+    /// Completion-order counter.
+    pub fn history_seq(&self, pool: &str) -> String {
+        format!("{}:hseq", self.pool_base(pool))
+    }
+
+    /// An Idempotency-Key record.
+    pub fn idempotency(&self, pool: &str, uid: &str, key: &str) -> String {
+        format!("{}:idem:{}:{}", self.pool_base(pool), uid, key)
+    }
+
+    /// Backend registry of a pool.
+    pub fn backends(&self, pool: &str) -> String {
+        format!("{}:backends", self.pool_base(pool))
+    }
+
+    /// A stored object_info document.
+    pub fn object_info(&self, pool: &str, sha256: &str) -> String {
+        format!("{}:objinfo:{}", self.pool_base(pool), sha256)
+    }
+
+    /// A user's event channel.
+    pub fn events(&self, uid: &str) -> String {
+        format!("{}:ev:{}", self.prefix, uid)
+    }
+
+    /// Prefix of every event channel (the gateway strips it to find the user id).
+    pub fn events_prefix(&self) -> String {
+        format!("{}:ev:", self.prefix)
+    }
+
+    /// Work nudges of a pool.
+    pub fn wake(&self, pool: &str) -> String {
+        format!("{}:wake", self.pool_base(pool))
+    }
+
+    /// Worker control channel of a pool.
+    pub fn control(&self, pool: &str) -> String {
+        format!("{}:ctl", self.pool_base(pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_keys_share_one_hash_tag() {
+        let k = Keys::new("cb");
+        for key in [
+            k.seq("gpu"),
+            k.job("gpu", "u1", "p1"),
+            k.pending("gpu", "u1"),
+            k.ready("gpu"),
+            k.running("gpu", "u1"),
+            k.runners("gpu"),
+            k.leases("gpu"),
+            k.history("gpu", "u1"),
+            k.history_seq("gpu"),
+            k.idempotency("gpu", "u1", "k"),
+            k.backends("gpu"),
+            k.object_info("gpu", "abc"),
+        ] {
+            assert!(key.starts_with("cb:{gpu}:"), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "{key}");
+        }
+        assert_eq!(k.events("u1"), "cb:ev:u1");
+    }
+}

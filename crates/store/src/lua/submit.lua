@@ -1,0 +1,54 @@
+-- submit.lua: write a new job durably and queue it, in one round trip.
+-- KEYS[1] job hash          <p>:{pool}:job:<uid>:<pid>
+-- KEYS[2] pending zset      <p>:{pool}:pending:<uid>
+-- KEYS[3] ready zset        <p>:{pool}:ready
+-- KEYS[4] number counter    <p>:{pool}:seq
+-- KEYS[5] running set       <p>:{pool}:running:<uid>
+-- KEYS[6] idempotency hash  <p>:{pool}:idem:<uid>:<key> (declared even when no key was sent)
+-- ARGV[1] uid  ARGV[2] username  ARGV[3] prompt id  ARGV[4] front ('1'/'0')
+-- ARGV[5] client-chosen number ('' for none)  ARGV[6] queue item tail: ,"<pid>",<prompt>,<extra>,<outputs>]
+-- ARGV[7] client id ('' for none)  ARGV[8] sensitive extra_data JSON ('' for none)
+-- ARGV[9] body hash  ARGV[10] '1' when an Idempotency-Key was sent  ARGV[11] now (ms)
+-- ARGV[12] user's event channel  ARGV[13] pool wake channel  ARGV[14] request id  ARGV[15] pool
+-- ARGV[16] idempotency record lifetime (s)
+-- Returns {'created'|'existing'|'conflict', prompt id, number}.
+if ARGV[10] == '1' then
+  local prev = redis.call('HMGET', KEYS[6], 'pid', 'hash', 'number')
+  if prev[1] then
+    if prev[2] ~= ARGV[9] then return {'conflict', prev[1], prev[3]} end
+    return {'existing', prev[1], prev[3]}
+  end
+end
+local existing = redis.call('HGET', KEYS[1], 'number')
+if existing then return {'existing', ARGV[3], existing} end
+
+local n = redis.call('INCR', KEYS[4])
+local number, score
+if ARGV[5] ~= '' then
+  number = ARGV[5]
+  score = tonumber(ARGV[5])
+elseif ARGV[4] == '1' then
+  number = string.format('%d', -n)
+  score = -n
+else
+  number = string.format('%d', n)
+  score = n
+end
+
+redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'user', ARGV[2], 'pid', ARGV[3], 'pool', ARGV[15],
+  'number', number, 'state', 'pending', 'cid', ARGV[7], 'created', ARGV[11], 'attempts', 0,
+  'item', '[' .. number .. ARGV[6], 'reqid', ARGV[14], 'hash', ARGV[9])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'secret', ARGV[8]) end
+redis.call('ZADD', KEYS[2], score, ARGV[3])
+-- A user's place among users is their best pending job (FIFO by head job; fair share re-scores).
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+redis.call('ZADD', KEYS[3], head[2], ARGV[1])
+if ARGV[10] == '1' then
+  redis.call('HSET', KEYS[6], 'pid', ARGV[3], 'hash', ARGV[9], 'number', number)
+  redis.call('EXPIRE', KEYS[6], ARGV[16])
+end
+
+local remaining = redis.call('ZCARD', KEYS[2]) + redis.call('SCARD', KEYS[5])
+redis.call('PUBLISH', ARGV[12], 'T*\0\0{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": ' .. remaining .. '}}}}')
+redis.call('PUBLISH', ARGV[13], '1')
+return {'created', ARGV[3], number}

@@ -1,0 +1,22 @@
+//! The Lua scripts of `src/lua/`, loaded once (EVALSHA with automatic fallback to EVAL).
+
+use redis::Script;
+
+/// Every script the store runs.
+pub(crate) struct Scripts {
+    pub submit: Script,
+    pub claim: Script,
+    pub finish: Script,
+    pub cancel: Script,
+}
+
+impl Scripts {
+    pub(crate) fn load() -> Self {
+        Scripts {
+            submit: Script::new(include_str!("lua/submit.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            finish: Script::new(include_str!("lua/finish.lua")),
+            cancel: Script::new(include_str!("lua/cancel.lua")),
+        }
+    }
+}

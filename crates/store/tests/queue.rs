@@ -1,0 +1,167 @@
+//! The queue scripts against a real Redis.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::envelope::{Envelope, Payload, Target};
+use store::test_redis::TestRedis;
+use store::{Finish, HistoryWindow, JobState, NewJob, Owner, Store, Submitted, TerminalState};
+
+fn job(uid: &str, pid: &str, front: bool) -> NewJob {
+    NewJob {
+        pool: "default".into(),
+        owner: Owner {
+            user_id: uid.into(),
+            username: format!("name-{uid}"),
+        },
+        prompt_id: pid.into(),
+        client_id: Some("c1".into()),
+        front,
+        number: None,
+        prompt_json: r#"{"1":{"class_type":"EmptyImage","inputs":{}}}"#.into(),
+        extra_data_json: r#"{"client_id":"c1"}"#.into(),
+        outputs_to_execute: vec!["2".into()],
+        sensitive_json: None,
+        idempotency_key: None,
+        body_hash: "h".into(),
+        request_id: None,
+    }
+}
+
+async fn store(r: &TestRedis) -> Store {
+    Store::connect(r.store_config()).await.unwrap()
+}
+
+#[tokio::test]
+async fn submit_claim_finish_round_trip() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    let sub = s.submit(&job("u1", "p1", false)).await.unwrap();
+    let Submitted::Created { number, .. } = sub else {
+        panic!("{sub:?}")
+    };
+    let q = s.queue("default", "u1").await.unwrap();
+    assert_eq!(q.pending.len(), 1);
+    let item: serde_json::Value = serde_json::from_str(&q.pending[0]).unwrap();
+    assert_eq!(item[0].to_string(), number);
+    assert_eq!(item[1], "p1");
+    assert_eq!(item[4], serde_json::json!(["2"]));
+    assert!(s.queue("default", "u2").await.unwrap().pending.is_empty());
+
+    let lease = s.claim("default", "w1", "b1").await.unwrap().unwrap();
+    assert_eq!(lease.prompt_id, "p1");
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.client_id.as_deref(), Some("c1"));
+    assert!(s.claim("default", "w1", "b2").await.unwrap().is_none());
+    assert_eq!(s.queue("default", "u1").await.unwrap().running.len(), 1);
+    assert_eq!(s.queue_remaining("default", "u1").await.unwrap(), 1);
+
+    let (subs, mut events) = s.event_subscriber().await.unwrap().split(&s);
+    subs.subscribe("u1").await.unwrap();
+    let fin = Finish {
+        state: TerminalState::Success,
+        history_json: r#"{"outputs":{}}"#.into(),
+        terminal_message_json: r#"{"type": "execution_success", "data": {"prompt_id": "p1"}}"#
+            .into(),
+    };
+    assert!(s.finish(&lease, &fin).await.unwrap());
+    // A second finish with the same (now released) lease is refused.
+    assert!(!s.finish(&lease, &fin).await.unwrap());
+
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let (uid, raw) = tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(uid, "u1");
+        let env = Envelope::decode(&raw).unwrap();
+        let Payload::Text(t) = env.payload else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+        kinds.push((env.target, v["type"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (Target::Client("c1".into()), "execution_success".into()),
+            (Target::AllSockets, "status".into()),
+            (Target::Client("c1".into()), "executing".into()),
+        ]
+    );
+    let h = s
+        .history("default", "u1", HistoryWindow::default())
+        .await
+        .unwrap();
+    assert_eq!(h, vec![("p1".into(), r#"{"outputs":{}}"#.into())]);
+    assert!(s
+        .history("default", "u2", HistoryWindow::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let rec = s.job("default", "u1", "p1").await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Success);
+    let _ = Bytes::new();
+}
+
+#[tokio::test]
+async fn duplicates_and_order() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    let a = s.submit(&job("u1", "a", false)).await.unwrap();
+    let again = s.submit(&job("u1", "a", false)).await.unwrap();
+    match (&a, &again) {
+        (Submitted::Created { number: n1, .. }, Submitted::Existing { number: n2, .. }) => {
+            assert_eq!(n1, n2)
+        }
+        _ => panic!("{a:?} {again:?}"),
+    }
+    // Another user may use the same prompt id: a separate job in their own namespace.
+    assert!(matches!(
+        s.submit(&job("u2", "a", false)).await.unwrap(),
+        Submitted::Created { .. }
+    ));
+    s.submit(&job("u1", "b", false)).await.unwrap();
+    s.submit(&job("u1", "f1", true)).await.unwrap();
+    s.submit(&job("u1", "f2", true)).await.unwrap();
+    let order: Vec<String> = {
+        let mut v = Vec::new();
+        while let Some(l) = s.claim("default", "w", "b").await.unwrap() {
+            if l.user_id == "u1" {
+                v.push(l.prompt_id);
+            }
+        }
+        v
+    };
+    assert_eq!(order, vec!["f2", "f1", "a", "b"]);
+}
+
+#[tokio::test]
+async fn cancelled_pending_never_runs() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    s.submit(&job("u1", "a", false)).await.unwrap();
+    s.submit(&job("u1", "b", false)).await.unwrap();
+    let removed = s
+        .cancel_pending("default", "u1", &["a".into(), "zzz".into()])
+        .await
+        .unwrap();
+    assert_eq!(removed, vec!["a".to_string()]);
+    // Another user cannot cancel u1's job.
+    assert!(s
+        .cancel_pending("default", "u2", &["b".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    let l = s.claim("default", "w", "b").await.unwrap().unwrap();
+    assert_eq!(l.prompt_id, "b");
+    assert!(s.claim("default", "w", "b").await.unwrap().is_none());
+    assert_eq!(
+        s.job("default", "u1", "a").await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    s.submit(&job("u1", "c", false)).await.unwrap();
+    assert_eq!(s.clear_pending("default", "u1").await.unwrap(), vec!["c"]);
+    assert_eq!(s.queue("default", "u1").await.unwrap().running.len(), 1);
+}
