@@ -23,7 +23,9 @@ pub use bus::{ControlMessage, ControlSubscriber, EventStream, EventSubscriber, S
 pub use error::StoreError;
 pub use jobs::{JobRecord, JobState};
 pub use keys::Keys;
-pub use queue::{Finish, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState};
+pub use queue::{
+    Finish, Heartbeat, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState,
+};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
 
 /// How to reach Redis and how much to keep there.

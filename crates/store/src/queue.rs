@@ -142,6 +142,17 @@ pub struct Finish {
     pub terminal_message_json: String,
 }
 
+/// Answer of [`Store::heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Still ours.
+    Kept,
+    /// Still ours, and someone asked to interrupt it (a control message may have been missed).
+    InterruptRequested,
+    /// Someone else owns the job now.
+    Lost,
+}
+
 /// A user's `/queue` view: items as JSON arrays.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueView {
@@ -326,6 +337,60 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok(done == 1)
+    }
+
+    /// Gives a leased job back to its owner's queue at its original priority (a draining
+    /// worker, a backend lost before the job could run). `counts_as_attempt: false` does not
+    /// use up one of the job's attempts. `Ok(false)` when the lease was lost.
+    pub async fn release(
+        &self,
+        lease: &Lease,
+        counts_as_attempt: bool,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys();
+        let (pool, uid, pid) = (&lease.pool, &lease.user_id, &lease.prompt_id);
+        let mut conn = self.conn();
+        let done: i64 = self
+            .inner
+            .scripts
+            .release
+            .key(k.job(pool, uid, pid))
+            .key(k.leases(pool))
+            .key(k.running(pool, uid))
+            .key(k.runners(pool))
+            .key(k.pending(pool, uid))
+            .key(k.ready(pool))
+            .arg(&lease.lease_id)
+            .arg(pid)
+            .arg(uid)
+            .arg(LEASE_GROUP)
+            .arg(k.wake(pool))
+            .arg(if counts_as_attempt { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Keeps the lease alive. `Lost` means another worker owns the job now: stop publishing.
+    pub async fn heartbeat(&self, lease: &Lease) -> Result<Heartbeat, StoreError> {
+        let k = self.keys();
+        let mut conn = self.conn();
+        let out: i64 = self
+            .inner
+            .scripts
+            .heartbeat
+            .key(k.job(&lease.pool, &lease.user_id, &lease.prompt_id))
+            .key(k.leases(&lease.pool))
+            .arg(&lease.lease_id)
+            .arg(LEASE_GROUP)
+            .arg(&lease.consumer)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match out {
+            0 => Heartbeat::Lost,
+            2 => Heartbeat::InterruptRequested,
+            _ => Heartbeat::Kept,
+        })
     }
 
     /// Records the node a running job is executing (`None` between nodes), so reconnecting

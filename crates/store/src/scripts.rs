@@ -8,6 +8,8 @@ pub(crate) struct Scripts {
     pub claim: Script,
     pub finish: Script,
     pub cancel: Script,
+    pub release: Script,
+    pub heartbeat: Script,
 }
 
 impl Scripts {
@@ -17,6 +19,8 @@ impl Scripts {
             claim: Script::new(include_str!("lua/claim.lua")),
             finish: Script::new(include_str!("lua/finish.lua")),
             cancel: Script::new(include_str!("lua/cancel.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
         }
     }
 }

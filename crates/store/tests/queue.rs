@@ -165,3 +165,37 @@ async fn cancelled_pending_never_runs() {
     assert_eq!(s.clear_pending("default", "u1").await.unwrap(), vec!["c"]);
     assert_eq!(s.queue("default", "u1").await.unwrap().running.len(), 1);
 }
+
+#[tokio::test]
+async fn release_puts_a_job_back_and_heartbeat_sees_loss() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    s.submit(&job("u1", "a", false)).await.unwrap();
+    s.submit(&job("u1", "b", false)).await.unwrap();
+    let l = s.claim("default", "w", "b1").await.unwrap().unwrap();
+    assert_eq!(l.prompt_id, "a");
+    assert_eq!(s.heartbeat(&l).await.unwrap(), store::Heartbeat::Kept);
+    s.request_interrupt("default", "u1", Some("a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.heartbeat(&l).await.unwrap(),
+        store::Heartbeat::InterruptRequested
+    );
+    assert!(s.release(&l, false).await.unwrap());
+    assert_eq!(s.heartbeat(&l).await.unwrap(), store::Heartbeat::Lost);
+    assert!(!s.release(&l, false).await.unwrap());
+    // It keeps its place ahead of b, and the released attempt did not count.
+    let again = s.claim("default", "w", "b2").await.unwrap().unwrap();
+    assert_eq!(again.prompt_id, "a");
+    assert_eq!(again.attempt, 1);
+    assert_ne!(again.lease_id, l.lease_id);
+    // The old lease can no longer finish the job.
+    let fin = Finish {
+        state: TerminalState::Success,
+        history_json: "{}".into(),
+        terminal_message_json: String::new(),
+    };
+    assert!(!s.finish(&l, &fin).await.unwrap());
+    assert!(s.finish(&again, &fin).await.unwrap());
+}
