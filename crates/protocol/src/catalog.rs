@@ -107,7 +107,11 @@ pub(crate) fn py_float_repr(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let a = x.abs();
     if (1e-4..1e16).contains(&a) {
@@ -648,7 +652,10 @@ mod tests {
         };
         assert_eq!(c.len(), 495);
         let e = c.class("EmptyImage").expect("EmptyImage");
-        assert_eq!(e.input_order.required, ["width", "height", "batch_size", "color"]);
+        assert_eq!(
+            e.input_order.required,
+            ["width", "height", "batch_size", "color"]
+        );
         assert_eq!(e.outputs, ["IMAGE"]);
         assert!(!e.output_node);
         let w = e.input("width").expect("width");
@@ -665,20 +672,42 @@ mod tests {
         assert!(s.output_node);
         assert_eq!(s.hidden_inputs().count(), 2);
         let li = c.class("LoadImage").expect("LoadImage");
-        assert_eq!(li.input("image").and_then(|i| i.upload), Some(UploadKind::Image));
+        assert_eq!(
+            li.input("image").and_then(|i| i.upload),
+            Some(UploadKind::Image)
+        );
         assert_eq!(li.outputs, ["IMAGE", "MASK"]);
         let lv = c.class("LoadVideo").expect("LoadVideo");
         let f = lv.input("file").expect("file");
-        assert!(matches!(f.kind, InputKind::Combo { legacy_list: false, .. }));
+        assert!(matches!(
+            f.kind,
+            InputKind::Combo {
+                legacy_list: false,
+                ..
+            }
+        ));
         assert_eq!(f.upload, Some(UploadKind::Video));
         let sc = c.class("ImageScale").expect("ImageScale");
         let um = sc.input("upscale_method").expect("upscale_method");
-        assert!(matches!(&um.kind, InputKind::Combo { options, legacy_list: true } if options.len() == 5));
-        assert_eq!(um.input_config, serde_json::json!([["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}]));
+        assert!(
+            matches!(&um.kind, InputKind::Combo { options, legacy_list: true } if options.len() == 5)
+        );
+        assert_eq!(
+            um.input_config,
+            serde_json::json!([
+                ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],
+                {}
+            ])
+        );
         assert!(c.class("GetImageSize").is_some_and(|g| g.wants_unique_id));
         // KSampler's seed max is u64::MAX.
-        let seed = c.class("KSampler").and_then(|k| k.input("seed")).expect("seed");
-        assert!(matches!(seed.kind, InputKind::Int { max: Some(PyNum::Int(m)), .. } if m == u64::MAX as i128));
+        let seed = c
+            .class("KSampler")
+            .and_then(|k| k.input("seed"))
+            .expect("seed");
+        assert!(
+            matches!(seed.kind, InputKind::Int { max: Some(PyNum::Int(m)), .. } if m == u64::MAX as i128)
+        );
     }
 
     #[test]
@@ -695,7 +724,10 @@ mod tests {
         .expect("b");
         let u = Catalog::union(&[a, b]);
         assert_eq!(u.classes().collect::<Vec<_>>(), ["A", "B", "C"]);
-        assert_eq!(u.class("A").map(|c| c.outputs.clone()), Some(vec!["INT".to_string()]));
+        assert_eq!(
+            u.class("A").map(|c| c.outputs.clone()),
+            Some(vec!["INT".to_string()])
+        );
     }
 
     #[test]
@@ -710,6 +742,9 @@ mod tests {
 
     #[test]
     fn rejects_non_objects() {
-        assert!(matches!(Catalog::from_json(&serde_json::json!([])), Err(CatalogError::NotAnObject)));
+        assert!(matches!(
+            Catalog::from_json(&serde_json::json!([])),
+            Err(CatalogError::NotAnObject)
+        ));
     }
 }
