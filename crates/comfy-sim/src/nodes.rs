@@ -570,7 +570,7 @@ fn save_images(
         (
             env.output_dir,
             "output",
-            format!("{}", string(inputs, "filename_prefix", "ComfyUI")),
+            string(inputs, "filename_prefix", "ComfyUI"),
         )
     };
     let (w, h) = images.first().map(|i| (i.w, i.h)).unwrap_or((0, 0));

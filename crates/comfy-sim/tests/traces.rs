@@ -217,10 +217,8 @@ fn compare_frame(ev: &Value, got: &Frame, ids: &mut HashMap<String, String>) -> 
                 map_files(&e["output"], &d["output"], ids);
             }
         }
-        "execution_cached" => {
-            if d["nodes"] != e["nodes"] {
-                bail!("cached {} expected {}", d["nodes"], e["nodes"]);
-            }
+        "execution_cached" if d["nodes"] != e["nodes"] => {
+            bail!("cached {} expected {}", d["nodes"], e["nodes"]);
         }
         "progress_state" => {
             let states = |v: &Value| -> Vec<(String, Value, Value, Value)> {
@@ -281,10 +279,8 @@ fn compare_frame(ev: &Value, got: &Frame, ids: &mut HashMap<String, String>) -> 
                 }
             }
         }
-        "feature_flags" => {
-            if d != e {
-                bail!("feature_flags {d} expected {e}");
-            }
+        "feature_flags" if d != e => {
+            bail!("feature_flags {d} expected {e}");
         }
         _ => {}
     }

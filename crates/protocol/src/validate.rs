@@ -760,6 +760,8 @@ fn frame_sub(
 }
 
 /// Validates `prompt` against `catalog` the way ComfyUI 0.3.64 does on `POST /prompt`.
+// The error is the whole 400 body; it is built once per rejected request, so its size is fine.
+#[allow(clippy::result_large_err)]
 pub fn validate(
     prompt: &Map<String, Value>,
     catalog: &Catalog,
