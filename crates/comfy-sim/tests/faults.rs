@@ -364,16 +364,11 @@ async fn crash_when_a_node_starts() {
     let mut ws = connect(&sim, "k").await;
     let _pid = submit(&sim, "k").await;
     let mut last = String::new();
-    loop {
-        match ws.next().await {
-            Ok(f) => {
-                last = match &f {
-                    Frame::Text(v) => format!("{}:{}", v["type"], v["data"]["node"]),
-                    Frame::Binary(_) => "binary".into(),
-                }
-            }
-            Err(_) => break,
-        }
+    while let Ok(f) = ws.next().await {
+        last = match &f {
+            Frame::Text(v) => format!("{}:{}", v["type"], v["data"]["node"]),
+            Frame::Binary(_) => "binary".into(),
+        };
     }
     assert_eq!(
         last, "\"executing\":\"2\"",
