@@ -122,8 +122,8 @@ impl<'de> Deserialize<'de> for NodeErrors {
 /// ComfyUI's 400 body for `POST /prompt`: `{"error": {...}, "node_errors": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub struct PromptError {
-    /// The top-level error.
-    pub error: ErrorObject,
+    /// The top-level error (boxed to keep `Result<_, PromptError>` small).
+    pub error: Box<ErrorObject>,
     /// Per-node errors (empty for `no_prompt`, `invalid_prompt`, `prompt_no_outputs`, ...).
     pub node_errors: NodeErrors,
 }
@@ -142,7 +142,7 @@ impl PromptError {
     /// A top-level error without node errors.
     pub fn new(kind: &str, message: &str, details: &str) -> Self {
         PromptError {
-            error: ErrorObject::new(kind, message, details),
+            error: Box::new(ErrorObject::new(kind, message, details)),
             node_errors: NodeErrors::default(),
         }
     }
@@ -322,7 +322,11 @@ impl<'a> Ctx<'a> {
             return Err(Box::new(PyExc {
                 type_name: "RecursionError",
                 message: "maximum recursion depth exceeded".into(),
-                traceback: vec![frame(808, "validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)")],
+                traceback: vec![frame(
+                    808,
+                    "validate_inputs",
+                    "r = await validate_inputs(prompt_id, prompt, o_id, validated)",
+                )],
             }));
         }
         let inputs_ok = self
@@ -334,7 +338,11 @@ impl<'a> Ctx<'a> {
             return Err(Box::new(PyExc {
                 type_name: "KeyError",
                 message: "'inputs'".into(),
-                traceback: vec![frame(730, "validate_inputs", "inputs = prompt[unique_id]['inputs']")],
+                traceback: vec![frame(
+                    730,
+                    "validate_inputs",
+                    "inputs = prompt[unique_id]['inputs']",
+                )],
             }));
         }
         let Some(class) = self.class_of(id) else {
@@ -359,7 +367,12 @@ impl<'a> Ctx<'a> {
 
     /// After validating a linked node: false when this node is invalid because of it.
     #[inline(never)]
-    fn after_link(&mut self, r: Result<NodeResult, Box<PyExc>>, link: &PendingLink, def: &InputDef) -> bool {
+    fn after_link(
+        &mut self,
+        r: Result<NodeResult, Box<PyExc>>,
+        link: &PendingLink,
+        def: &InputDef,
+    ) -> bool {
         match r {
             Ok((v, _)) => v,
             Err(ex) => {
@@ -430,8 +443,19 @@ impl<'a> Ctx<'a> {
                         type_name: "KeyError",
                         message: py_repr(&link[0]),
                         traceback: vec![
-                            frame(1010, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)"),
-                            frame_sub(788, "validate_inputs", "o_class_type = prompt[o_id]['class_type']", 19, 6, 6),
+                            frame(
+                                1010,
+                                "validate_prompt",
+                                "m = await validate_inputs(prompt_id, prompt, o, validated)",
+                            ),
+                            frame_sub(
+                                788,
+                                "validate_inputs",
+                                "o_class_type = prompt[o_id]['class_type']",
+                                19,
+                                6,
+                                6,
+                            ),
                         ],
                     }))
                 }
@@ -446,8 +470,19 @@ impl<'a> Ctx<'a> {
                         type_name,
                         message,
                         traceback: vec![
-                            frame(1010, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)"),
-                            frame_sub(790, "validate_inputs", "received_type = r[val[1]]", 28, 1, 8),
+                            frame(
+                                1010,
+                                "validate_prompt",
+                                "m = await validate_inputs(prompt_id, prompt, o, validated)",
+                            ),
+                            frame_sub(
+                                790,
+                                "validate_inputs",
+                                "received_type = r[val[1]]",
+                                28,
+                                1,
+                                8,
+                            ),
                         ],
                     }))
                 }
@@ -503,7 +538,10 @@ impl<'a> Ctx<'a> {
                 errors.push(
                     ErrorObject::new(
                         "invalid_input_type",
-                        format!("Failed to convert an input value to a {} value", def.type_name),
+                        format!(
+                            "Failed to convert an input value to a {} value",
+                            def.type_name
+                        ),
                         format!("{x}, {}, {msg}", py_str(&val)),
                     )
                     .with("input_name", Value::from(x))
@@ -640,10 +678,8 @@ impl<'a> Ctx<'a> {
     }
 
     fn set_input(&mut self, id: &str, x: &str, v: Value) {
-        if let Some(Value::Object(inputs)) = self
-            .prompt
-            .get_mut(id)
-            .and_then(|n| n.get_mut("inputs"))
+        if let Some(Value::Object(inputs)) =
+            self.prompt.get_mut(id).and_then(|n| n.get_mut("inputs"))
         {
             if let Some(slot) = inputs.get_mut(x) {
                 *slot = v;
@@ -686,7 +722,10 @@ fn py_index(idx: &Value, len: usize) -> Result<usize, (&'static str, String)> {
         other => {
             return Err((
                 "TypeError",
-                format!("tuple indices must be integers or slices, not {}", py_type(other)),
+                format!(
+                    "tuple indices must be integers or slices, not {}",
+                    py_type(other)
+                ),
             ))
         }
     };
@@ -704,7 +743,14 @@ fn frame(line: u32, func: &str, code: &str) -> String {
     format!("  File \"{SRC}\", line {line}, in {func}\n    {code}\n{pad}{carets}\n")
 }
 
-fn frame_sub(line: u32, func: &str, code: &str, col: usize, tildes: usize, carets: usize) -> String {
+fn frame_sub(
+    line: u32,
+    func: &str,
+    code: &str,
+    col: usize,
+    tildes: usize,
+    carets: usize,
+) -> String {
     format!(
         "  File \"{SRC}\", line {line}, in {func}\n    {code}\n{}{}{}\n",
         " ".repeat(4 + col),
@@ -813,11 +859,11 @@ pub fn validate(
             .flat_map(|(_, errs)| errs.iter().map(|e| format!("{}: {}", e.message, e.details)))
             .collect();
         return Err(PromptError {
-            error: ErrorObject::new(
+            error: Box::new(ErrorObject::new(
                 "prompt_outputs_failed_validation",
                 "Prompt outputs failed validation",
                 details.join("\n"),
-            ),
+            )),
             node_errors,
         });
     }
@@ -920,8 +966,9 @@ fn py_float(v: &Value) -> Result<f64, String> {
             let t = s.trim();
             let parsed = strip_underscores(t).and_then(|c| {
                 let ok = !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+                    && c.bytes().all(|b| {
+                        b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')
+                    });
                 if ok {
                     c.parse::<f64>().ok()
                 } else {
@@ -1023,7 +1070,8 @@ mod tests {
     use serde_json::json;
 
     fn catalog() -> Catalog {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../comfy-sim/data/object_info.json");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../comfy-sim/data/object_info.json");
         let bytes = std::fs::read(p).expect("crates/comfy-sim/data/object_info.json");
         Catalog::from_slice(&bytes).expect("catalogue")
     }
@@ -1037,7 +1085,10 @@ mod tests {
 
     #[test]
     fn reprs_are_pythons() {
-        assert_eq!(py_repr(&json!(["a", 1, 2.5, null, true])), "['a', 1, 2.5, None, True]");
+        assert_eq!(
+            py_repr(&json!(["a", 1, 2.5, null, true])),
+            "['a', 1, 2.5, None, True]"
+        );
         assert_eq!(py_repr(&json!({"a": {"b": [1]}})), "{'a': {'b': [1]}}");
         assert_eq!(py_repr(&json!("it's")), "\"it's\"");
         assert_eq!(py_str(&json!(3.0)), "3.0");
@@ -1049,13 +1100,19 @@ mod tests {
         assert_eq!(py_int(&json!(" -1_000 ")), Ok(PyNum::Int(-1000)));
         assert_eq!(py_int(&json!(3.9)), Ok(PyNum::Int(3)));
         assert_eq!(py_int(&json!(-3.9)), Ok(PyNum::Int(-3)));
-        assert_eq!(py_int(&json!("3.5")), Err("invalid literal for int() with base 10: '3.5'".to_string()));
+        assert_eq!(
+            py_int(&json!("3.5")),
+            Err("invalid literal for int() with base 10: '3.5'".to_string())
+        );
         assert_eq!(
             py_int(&json!(null)),
             Err("int() argument must be a string, a bytes-like object or a real number, not 'NoneType'".to_string())
         );
         assert_eq!(py_float(&json!("1e3")), Ok(1000.0));
-        assert_eq!(py_float(&json!("abc")), Err("could not convert string to float: 'abc'".to_string()));
+        assert_eq!(
+            py_float(&json!("abc")),
+            Err("could not convert string to float: 'abc'".to_string())
+        );
     }
 
     #[test]
@@ -1075,7 +1132,10 @@ mod tests {
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": 12}}
         }));
         let v = validate(&p, &c, &ValidateOptions::default()).expect("valid");
-        assert_eq!(v.prompt["1"]["inputs"], json!({"width": 64, "height": 64, "batch_size": 1, "color": 5}));
+        assert_eq!(
+            v.prompt["1"]["inputs"],
+            json!({"width": 64, "height": 64, "batch_size": 1, "color": 5})
+        );
         assert_eq!(v.prompt["2"]["inputs"]["sigma"], json!(1.0));
         assert!(v.prompt["2"]["inputs"]["sigma"].is_f64());
         assert_eq!(v.prompt["3"]["inputs"]["filename_prefix"], json!("12"));
@@ -1093,8 +1153,14 @@ mod tests {
         let e = validate(&p, &c, &ValidateOptions::default()).expect_err("invalid");
         let ne = e.node_errors.get("1").expect("node 1");
         assert_eq!(ne.errors[0].kind, "invalid_input_type");
-        assert_eq!(ne.errors[0].message, "Failed to convert an input value to a INT value");
-        assert_eq!(ne.errors[0].details, "width, wide, invalid literal for int() with base 10: 'wide'");
+        assert_eq!(
+            ne.errors[0].message,
+            "Failed to convert an input value to a INT value"
+        );
+        assert_eq!(
+            ne.errors[0].details,
+            "width, wide, invalid literal for int() with base 10: 'wide'"
+        );
         assert_eq!(ne.errors[0].extra_info["received_value"], json!("wide"));
         assert_eq!(e.error.details, "");
     }
@@ -1109,9 +1175,16 @@ mod tests {
         }));
         let e = validate(&p, &c, &ValidateOptions::default()).expect_err("invalid");
         let ne = e.node_errors.get("2").expect("node 2");
-        let kinds: Vec<_> = ne.errors.iter().map(|e| (e.kind.as_str(), e.message.as_str())).collect();
+        let kinds: Vec<_> = ne
+            .errors
+            .iter()
+            .map(|e| (e.kind.as_str(), e.message.as_str()))
+            .collect();
         assert!(kinds.contains(&("value_bigger_than_max", "Value 99 bigger than max of 31")));
-        assert!(kinds.contains(&("value_smaller_than_min", "Value 0.01 smaller than min of 0.1")));
+        assert!(kinds.contains(&(
+            "value_smaller_than_min",
+            "Value 0.01 smaller than min of 0.1"
+        )));
         assert_eq!(ne.dependent_outputs, ["3"]);
     }
 
@@ -1128,7 +1201,10 @@ mod tests {
         assert_eq!(e.error.kind, "prompt_outputs_failed_validation");
         let n3 = e.node_errors.get("3").expect("3");
         assert_eq!(n3.errors[0].kind, "return_type_mismatch");
-        assert_eq!(n3.errors[0].details, "images, received_type(INT) mismatch input_type(IMAGE)");
+        assert_eq!(
+            n3.errors[0].details,
+            "images, received_type(INT) mismatch input_type(IMAGE)"
+        );
         assert_eq!(n3.errors[0].extra_info["linked_node"], json!(["2", 0]));
         let n4 = e.node_errors.get("4").expect("4");
         assert_eq!(n4.errors[0].kind, "bad_linked_input");
@@ -1177,10 +1253,22 @@ mod tests {
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
         }));
-        let opts = ValidateOptions { partial_execution_targets: Some(vec!["3".into()]), ..Default::default() };
-        assert_eq!(validate(&p, &c, &opts).expect("valid").outputs_to_execute, ["3"]);
-        let opts = ValidateOptions { partial_execution_targets: Some(vec!["1".into()]), ..Default::default() };
-        assert_eq!(validate(&p, &c, &opts).expect_err("none").error.kind, "prompt_no_outputs");
+        let opts = ValidateOptions {
+            partial_execution_targets: Some(vec!["3".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(&p, &c, &opts).expect("valid").outputs_to_execute,
+            ["3"]
+        );
+        let opts = ValidateOptions {
+            partial_execution_targets: Some(vec!["1".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(&p, &c, &opts).expect_err("none").error.kind,
+            "prompt_no_outputs"
+        );
     }
 
     #[test]
@@ -1190,7 +1278,8 @@ mod tests {
             "1": {"class_type": "LoadImage", "inputs": {"image": "mine.png"}},
             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
         }));
-        let e = validate(&p, &c, &ValidateOptions::default()).expect_err("not in the catalogue's list");
+        let e =
+            validate(&p, &c, &ValidateOptions::default()).expect_err("not in the catalogue's list");
         let n1 = e.node_errors.get("1").expect("1");
         assert_eq!(n1.errors.len(), 1);
         assert_eq!(n1.errors[0].kind, "custom_validation_failed");
@@ -1198,7 +1287,9 @@ mod tests {
         assert_eq!(n1.errors[0].extra_info, obj(json!({"input_name": "image"})));
 
         let opts = ValidateOptions {
-            files: FileCheck::Custom(Arc::new(|f: &FileRef<'_>| f.filename == "mine.png" && f.upload == Some(UploadKind::Image))),
+            files: FileCheck::Custom(Arc::new(|f: &FileRef<'_>| {
+                f.filename == "mine.png" && f.upload == Some(UploadKind::Image)
+            })),
             ..Default::default()
         };
         assert!(validate(&p, &c, &opts).is_ok());
@@ -1228,9 +1319,15 @@ mod tests {
         let mut p = Map::new();
         p.insert("0".into(), json!({"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}));
         for i in 1..800 {
-            p.insert(i.to_string(), json!({"class_type": "ImageInvert", "inputs": {"image": [(i - 1).to_string(), 0]}}));
+            p.insert(
+                i.to_string(),
+                json!({"class_type": "ImageInvert", "inputs": {"image": [(i - 1).to_string(), 0]}}),
+            );
         }
-        p.insert("out".into(), json!({"class_type": "PreviewImage", "inputs": {"images": ["799", 0]}}));
+        p.insert(
+            "out".into(),
+            json!({"class_type": "PreviewImage", "inputs": {"images": ["799", 0]}}),
+        );
         let v = validate(&p, &c, &ValidateOptions::default()).expect("valid");
         assert_eq!(v.outputs_to_execute, ["out"]);
     }
@@ -1242,7 +1339,8 @@ mod tests {
             serde_json::to_string(&e).expect("json"),
             r#"{"error":{"type":"no_prompt","message":"No prompt provided","details":"No prompt provided","extra_info":{}},"node_errors":{}}"#
         );
-        let back: PromptError = serde_json::from_str(&serde_json::to_string(&e).expect("json")).expect("parse");
+        let back: PromptError =
+            serde_json::from_str(&serde_json::to_string(&e).expect("json")).expect("parse");
         assert_eq!(back, e);
     }
 }
