@@ -132,11 +132,16 @@ impl Env {
         }
     }
 
-    /// Triggers the graceful shutdown and waits for the server to stop.
-    pub async fn shutdown(&mut self) {
+    /// Triggers the graceful shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Triggers the graceful shutdown and waits for the server to stop.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
         if let Some(h) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
