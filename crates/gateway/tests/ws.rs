@@ -342,3 +342,33 @@ async fn idle_sockets_are_pinged() {
     .await;
     assert_eq!(got, Ok(true));
 }
+
+#[tokio::test]
+async fn sockets_keep_receiving_after_redis_restarts() {
+    let mut env = Env::start_on(
+        store::test_redis::TestRedis::own(false),
+        GatewayConfig::default(),
+        true,
+    )
+    .await;
+    let t = env.token("u1");
+    let (mut ws, _) = env.ws(&t, Some("c")).await;
+    env.redis.restart();
+    // The hub re-subscribes the user on a new pub/sub connection; keep publishing until one
+    // event gets through.
+    let msg = json!({"type": "progress", "data": {"value": 1, "max": 2}});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut got = false;
+    while tokio::time::Instant::now() < deadline && !got {
+        let _ = env
+            .store
+            .publish_event("u1", &text(Target::AllSockets, &msg))
+            .await;
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        {
+            got = serde_json::from_str::<Value>(t.as_str()).ok() == Some(msg.clone());
+        }
+    }
+    assert!(got, "no event after the Redis restart");
+}
