@@ -60,11 +60,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     authed = both(authed, "/embeddings", get(info::embeddings));
     authed = both(authed, "/features", get(info::features));
     authed = both(authed, "/ws", get(ws::ws_upgrade));
-    authed = authed
-        .route("/api/jobs", get(jobs::list_jobs))
-        .route("/api/jobs/{job_id}", get(jobs::get_job))
-        .route("/api/jobs/{job_id}/cancel", post(jobs::cancel_job))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    // The jobs API exists only under /api (ComfyUI also answers at /api/api/jobs...).
+    for prefix in ["/api", "/api/api"] {
+        authed = authed
+            .route(&format!("{prefix}/jobs"), get(jobs::list_jobs))
+            .route(&format!("{prefix}/jobs/cancel"), post(jobs::cancel_jobs))
+            .route(&format!("{prefix}/jobs/{{job_id}}"), get(jobs::get_job))
+            .route(
+                &format!("{prefix}/jobs/{{job_id}}/cancel"),
+                post(jobs::cancel_job),
+            );
+    }
+    authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
 
     let open: Router<Arc<AppState>> = Router::new()
         .route("/healthz", get(info::healthz))

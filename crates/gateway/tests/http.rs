@@ -499,6 +499,26 @@ async fn queues_histories_and_mutations_are_per_user() {
         json!({"cancelled": false})
     );
 
+    let r = env
+        .post_json(&b, "/api/jobs/cancel", &json!({"job_ids": [ids[2]]}))
+        .await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"cancelled": false})
+    );
+    let r = env
+        .post_json(
+            &a,
+            "/api/jobs/cancel",
+            &json!({"job_ids": [ids[2], "nope"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "job_ids contains invalid id(s)", "invalid_ids": ["nope"]})
+    );
+
     // Alice's own operations work.
     let r = env
         .post_json(&a, "/queue", &json!({"delete": [ids[0]]}))
