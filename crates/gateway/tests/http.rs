@@ -301,8 +301,12 @@ async fn submit_answers_like_comfyui_and_stores_the_job() {
     });
     let r = env.post_json(&t, "/prompt", &body).await;
     assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
     let pid = v["prompt_id"].as_str().unwrap().to_owned();
+    let rec = env.store.job("default", "u1", &pid).await.unwrap().unwrap();
+    assert_eq!(rec.request_id.as_deref(), Some(request_id.as_str()));
+    assert_eq!(rec.client_id.as_deref(), Some("c1"));
     assert!(protocol::ids::is_canonical_uuid(&pid));
     assert!(v["number"].is_number());
     assert_eq!(v["node_errors"], json!({}));
