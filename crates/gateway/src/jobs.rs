@@ -301,6 +301,9 @@ pub(crate) async fn get_job(
     Extension(id): Extension<Identity>,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !protocol::ids::is_canonical_uuid(&job_id) {
+        return Err(not_found());
+    }
     let Some(rec) = st
         .redis(st.store.job(st.pool(), &id.user_id, &job_id))
         .await?
@@ -378,6 +381,9 @@ pub(crate) async fn cancel_jobs(
 }
 
 async fn cancel_one(st: &AppState, id: &Identity, job_id: &str) -> Result<bool, ApiError> {
+    if !protocol::ids::is_canonical_uuid(job_id) {
+        return Ok(false);
+    }
     let pool = st.pool();
     let job_id = job_id.to_owned();
     let rec = st.redis(st.store.job(pool, &id.user_id, &job_id)).await?;
