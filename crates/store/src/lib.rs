@@ -4,6 +4,7 @@
 
 pub mod keys;
 
+mod accounts;
 mod bus;
 mod error;
 mod jobs;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+pub use accounts::{ApiTokenInfo, CreateUser, NewUser, SessionInfo, User};
 pub use bus::{ControlMessage, ControlSubscriber, EventStream, EventSubscriber, Subscriptions};
 pub use error::StoreError;
 pub use jobs::{JobRecord, JobState};
