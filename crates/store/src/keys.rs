@@ -13,6 +13,7 @@
 //! | `<p>:{<pool>}:running:<uid>` | set | the user's running prompt ids |
 //! | `<p>:{<pool>}:runners` | zset | `<uid>:<pid>` of every running job, scored by start time |
 //! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
+//! | `<p>:{<pool>}:dead` | stream | dead letters: jobs that ran out of attempts |
 //! | `<p>:{<pool>}:hist:<uid>` | zset | the user's finished prompt ids, scored by completion order |
 //! | `<p>:{<pool>}:hseq` | string | completion-order counter |
 //! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
@@ -100,6 +101,11 @@ impl Keys {
     /// The lease stream.
     pub fn leases(&self, pool: &str) -> String {
         format!("{}:leases", self.pool_base(pool))
+    }
+
+    /// Dead letters of a pool.
+    pub fn dead(&self, pool: &str) -> String {
+        format!("{}:dead", self.pool_base(pool))
     }
 
     /// A user's history index.
@@ -207,6 +213,7 @@ mod tests {
             k.running("gpu", "u1"),
             k.runners("gpu"),
             k.leases("gpu"),
+            k.dead("gpu"),
             k.history("gpu", "u1"),
             k.history_seq("gpu"),
             k.idempotency("gpu", "u1", "k"),

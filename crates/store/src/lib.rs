@@ -9,6 +9,7 @@ mod bus;
 mod error;
 mod jobs;
 mod queue;
+mod reclaim;
 mod registry;
 mod scripts;
 #[cfg(feature = "test-support")]
@@ -28,6 +29,7 @@ pub use keys::Keys;
 pub use queue::{
     Finish, Heartbeat, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState,
 };
+pub use reclaim::{DeadLetter, Reclaimed};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
 
 /// How to reach Redis and how much to keep there.
