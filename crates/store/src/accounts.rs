@@ -153,14 +153,14 @@ impl Store {
     /// A user by name.
     pub async fn user(&self, username: &str) -> Result<Option<User>, StoreError> {
         let mut conn = self.conn();
-        let map: HashMap<String, String> = conn.hgetall(self.keys().user(&username)).await?;
+        let map: HashMap<String, String> = conn.hgetall(self.keys().user(username)).await?;
         Ok(user_from(&map))
     }
 
     /// A user by id.
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         let mut conn = self.conn();
-        let name: Option<String> = conn.get(self.keys().user_id(&id)).await?;
+        let name: Option<String> = conn.get(self.keys().user_id(id)).await?;
         match name {
             Some(n) => Ok(self.user(&n).await?.filter(|u| u.id == id)),
             None => Ok(None),
@@ -173,7 +173,7 @@ impl Store {
         username: &str,
     ) -> Result<Option<(User, String)>, StoreError> {
         let mut conn = self.conn();
-        let map: HashMap<String, String> = conn.hgetall(self.keys().user(&username)).await?;
+        let map: HashMap<String, String> = conn.hgetall(self.keys().user(username)).await?;
         let hash = map.get("hash").cloned();
         Ok(user_from(&map).zip(hash))
     }
@@ -184,7 +184,7 @@ impl Store {
         let names: Vec<String> = conn.zrange(self.keys().users(), 0, -1).await?;
         let mut pipe = redis::pipe();
         for n in &names {
-            pipe.hgetall(self.keys().user(&n));
+            pipe.hgetall(self.keys().user(n));
         }
         let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(maps.iter().filter_map(user_from).collect())
@@ -196,7 +196,7 @@ impl Store {
         username: &str,
         fields: &[(&str, String)],
     ) -> Result<bool, StoreError> {
-        let key = self.keys().user(&username);
+        let key = self.keys().user(username);
         let mut conn = self.conn();
         let exists: bool = conn.hexists(&key, "id").await?;
         if !exists || fields.is_empty() {
@@ -215,12 +215,12 @@ impl Store {
         let hashes: Vec<String> = conn.smembers(self.keys().api_tokens(&user.id)).await?;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .del(self.keys().user(&username))
+            .del(self.keys().user(username))
             .del(self.keys().user_id(&user.id))
             .zrem(self.keys().users(), username)
             .del(self.keys().api_tokens(&user.id));
         for h in &hashes {
-            pipe.del(self.keys().api_token(&h));
+            pipe.del(self.keys().api_token(h));
         }
         let _: () = pipe.query_async(&mut conn).await?;
         Ok(true)
@@ -260,7 +260,7 @@ impl Store {
     /// Looks up an API token by hash; expired tokens are `None`.
     pub async fn api_token(&self, hash: &str) -> Result<Option<ApiTokenInfo>, StoreError> {
         let mut conn = self.conn();
-        let map: HashMap<String, String> = conn.hgetall(self.keys().api_token(&hash)).await?;
+        let map: HashMap<String, String> = conn.hgetall(self.keys().api_token(hash)).await?;
         let Some(user_id) = map.get("user_id").cloned() else {
             return Ok(None);
         };
@@ -281,7 +281,7 @@ impl Store {
 
     /// Records a use of an API token (callers throttle how often).
     pub async fn touch_api_token(&self, hash: &str) -> Result<(), StoreError> {
-        let key = self.keys().api_token(&hash);
+        let key = self.keys().api_token(hash);
         let mut conn = self.conn();
         let exists: bool = conn.exists(&key).await?;
         if exists {
@@ -293,7 +293,7 @@ impl Store {
     /// The user's live API tokens.
     pub async fn api_tokens_of(&self, user_id: &str) -> Result<Vec<ApiTokenInfo>, StoreError> {
         let mut conn = self.conn();
-        let hashes: Vec<String> = conn.smembers(self.keys().api_tokens(&user_id)).await?;
+        let hashes: Vec<String> = conn.smembers(self.keys().api_tokens(user_id)).await?;
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for h in hashes {
@@ -303,7 +303,7 @@ impl Store {
             }
         }
         if !gone.is_empty() {
-            let _: () = conn.srem(self.keys().api_tokens(&user_id), gone).await?;
+            let _: () = conn.srem(self.keys().api_tokens(user_id), gone).await?;
         }
         out.sort_by_key(|t| t.created_ms);
         Ok(out)
@@ -327,7 +327,7 @@ impl Store {
         pipe.atomic();
         for t in &doomed {
             pipe.del(self.keys().api_token(&t.hash))
-                .srem(self.keys().api_tokens(&user_id), &t.hash);
+                .srem(self.keys().api_tokens(user_id), &t.hash);
         }
         let mut conn = self.conn();
         let _: () = pipe.query_async(&mut conn).await?;
@@ -360,7 +360,7 @@ impl Store {
     /// A session by JWT id (`None` when unknown or expired).
     pub async fn session(&self, jti: &str) -> Result<Option<SessionInfo>, StoreError> {
         let mut conn = self.conn();
-        let map: HashMap<String, String> = conn.hgetall(self.keys().session(&jti)).await?;
+        let map: HashMap<String, String> = conn.hgetall(self.keys().session(jti)).await?;
         let Some(user_id) = map.get("user_id").cloned() else {
             return Ok(None);
         };
@@ -388,13 +388,13 @@ impl Store {
             return Ok(false);
         }
         let mut conn = self.conn();
-        let _: () = conn.hset(self.keys().session(&jti), "revoked", "1").await?;
+        let _: () = conn.hset(self.keys().session(jti), "revoked", "1").await?;
         Ok(true)
     }
 
     /// Records a use of a session (callers throttle how often).
     pub async fn touch_session(&self, jti: &str) -> Result<(), StoreError> {
-        let key = self.keys().session(&jti);
+        let key = self.keys().session(jti);
         let mut conn = self.conn();
         let exists: bool = conn.exists(&key).await?;
         if exists {
@@ -406,7 +406,7 @@ impl Store {
     /// The user's live (not revoked, not expired) sessions.
     pub async fn sessions_of(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let mut conn = self.conn();
-        let idx = self.keys().sessions(&user_id);
+        let idx = self.keys().sessions(user_id);
         let jtis: Vec<String> = conn.zrange(&idx, 0, -1).await?;
         let mut out = Vec::new();
         let mut gone = Vec::new();
@@ -431,7 +431,7 @@ impl Store {
         subject: &str,
         window_secs: u64,
     ) -> Result<u64, StoreError> {
-        let key = self.keys().login_failures(&subject);
+        let key = self.keys().login_failures(subject);
         let mut conn = self.conn();
         let (n,): (u64,) = redis::pipe()
             .atomic()
@@ -445,7 +445,7 @@ impl Store {
 
     /// Failed logins counted for `subject` and the seconds until the count resets.
     pub async fn login_failures(&self, subject: &str) -> Result<(u64, u64), StoreError> {
-        let key = self.keys().login_failures(&subject);
+        let key = self.keys().login_failures(subject);
         let mut conn = self.conn();
         let (n, ttl): (Option<u64>, i64) = redis::pipe()
             .get(&key)
@@ -458,7 +458,7 @@ impl Store {
     /// Forgets failed logins for `subject` (after a success).
     pub async fn clear_login_failures(&self, subject: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let _: () = conn.del(self.keys().login_failures(&subject)).await?;
+        let _: () = conn.del(self.keys().login_failures(subject)).await?;
         Ok(())
     }
 }
