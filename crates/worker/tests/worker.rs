@@ -704,3 +704,233 @@ async fn an_unreachable_backend_is_published_unhealthy_and_gets_no_work() {
     assert_eq!(rec.state, JobState::Pending);
     w.stop().await;
 }
+
+fn txt2img(steps: u64) -> Value {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0],
+              "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}}
+    })
+}
+
+async fn sim_with_checkpoint() -> SimHandle {
+    let mut info: Value = serde_json::from_str(comfy_sim::OBJECT_INFO_JSON).expect("object_info");
+    info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] =
+        json!(["sd15.safetensors"]);
+    let mut cfg = SimConfig::with_object_info(&info).expect("catalog");
+    cfg.models
+        .insert("checkpoints".into(), vec!["sd15.safetensors".into()]);
+    sim_with(cfg).await
+}
+
+#[tokio::test]
+async fn sampler_progress_and_previews_reach_the_submitter_with_our_prompt_id() {
+    let env = env().await;
+    let sim = sim_with_checkpoint().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let job = new_job("u1", Some("c1"), &txt2img(4), &["9"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let progress: Vec<&Value> = got
+        .iter()
+        .filter_map(Got::json)
+        .filter(|v| v["type"] == "progress")
+        .collect();
+    assert_eq!(
+        progress.len(),
+        4,
+        "{:?}",
+        got.iter().map(Got::kind).collect::<Vec<_>>()
+    );
+    for p in &progress {
+        assert_eq!(p["data"]["prompt_id"], pid.as_str());
+        assert_eq!(p["data"]["node"], "3");
+    }
+    let previews: Vec<&Got> = got
+        .iter()
+        .filter(|g| matches!(g, Got::Bin(_, Payload::Preview { .. })))
+        .collect();
+    assert_eq!(previews.len(), 4);
+    for p in previews {
+        assert_eq!(p.target(), &Target::Client("c1".into()));
+        let Got::Bin(
+            _,
+            Payload::Preview {
+                format,
+                metadata,
+                image,
+            },
+        ) = p
+        else {
+            unreachable!()
+        };
+        assert_eq!(*format, protocol::frames::ImageFormat::Jpeg);
+        let m: Value = serde_json::from_slice(metadata).expect("metadata");
+        assert_eq!(m["prompt_id"], pid.as_str());
+        assert_eq!(m["node_id"], "3");
+        assert_eq!(&image[..2], &[0xff, 0xd8]);
+    }
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    let img = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &pid,
+        "ComfyUI_00001_.png",
+    )
+    .await;
+    assert_eq!(img.dimensions(), (512, 512));
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_dropped_mid_job_is_recovered() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    // Let the worker connect first, then drop its socket when SaveImage starts.
+    sim.faults().set(Faults {
+        drop_ws_at: Some("2".into()),
+        ..Faults::default()
+    });
+    let job = new_job("u1", Some("c1"), &basic_save(0x808080), &["2"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(
+        rec.state,
+        JobState::Success,
+        "{:?}",
+        got.iter().map(Got::kind).collect::<Vec<_>>()
+    );
+    assert_eq!(rec.attempts, 1);
+    let executed = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "executed")
+        .expect("executed (live or from the backend's history)");
+    assert_eq!(
+        executed["data"]["output"]["images"][0]["subfolder"],
+        pid.as_str()
+    );
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(h["outputs"]["2"]["images"][0]["subfolder"], pid.as_str());
+    assert_eq!(h["status"]["messages"][0][1]["prompt_id"], pid.as_str());
+    let img = read_png(&env.files, "u1", FileKind::Output, &pid, "test_00001_.png").await;
+    assert_eq!(img.dimensions(), (64, 64));
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_5xx_on_submit_retries_the_job() {
+    let env = env().await;
+    let sim = sim().await;
+    sim.faults().set(Faults {
+        prompt_status: Some(500),
+        prompt_status_count: Some(1),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let job = new_job("u1", Some("c1"), &basic_save(0), &["2"]);
+    submit(&env.store, &job).await;
+    let _ = until_end_marker(&mut events, &job.prompt_id).await;
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 2);
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_backend_gives_the_job_to_another() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        work_ms: Some(200),
+        crash_at: Some("2".into()),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    // Only backend a at first, so the job starts there.
+    let w1 = start(
+        &env,
+        WorkerConfig {
+            id: "w1".into(),
+            ..config(&[&a])
+        },
+    );
+    let job = new_job("u1", Some("c1"), &basic_save(0), &["2"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "execution_start") {
+            break;
+        }
+    }
+    let w2 = start(
+        &env,
+        WorkerConfig {
+            id: "w2".into(),
+            ..config(&[&b])
+        },
+    );
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 2);
+    assert_eq!(rec.worker.as_deref(), Some("w2"));
+    let img = read_png(&env.files, "u1", FileKind::Output, &pid, "test_00001_.png").await;
+    assert_eq!(img.dimensions(), (64, 64));
+    w1.stop().await;
+    w2.stop().await;
+    b.shutdown().await;
+    assert!(a.faults().crashed());
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_not_waited_on_forever() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(
+        &env,
+        WorkerConfig {
+            silence_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(500),
+            max_attempts: 1,
+            ..config(&[&sim])
+        },
+    );
+    sim.faults().set(Faults {
+        hang_at: Some("2".into()),
+        ..Faults::default()
+    });
+    let job = new_job("u1", Some("c1"), &basic_save(0), &["2"]);
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &job.prompt_id).await;
+    let err = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_error")
+        .expect("execution_error");
+    assert_eq!(err["data"]["exception_type"], "backend_failure");
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Error);
+    sim.faults().clear();
+    w.stop().await;
+    sim.shutdown().await;
+}
