@@ -264,42 +264,48 @@ impl BackendRunner {
                     tracing::warn!(backend = %self.id, error = %e, "claim failed");
                 }
             }
-            let Some(ws) = self.ws.as_mut() else { return };
-            enum Idle {
-                Claim,
-                Health,
-                Lost,
-                Stop,
-            }
-            let ev = tokio::select! {
-                _ = self.shutdown.cancelled() => Idle::Stop,
-                r = self.wake.changed() => {
-                    if r.is_err() {
-                        tokio::time::sleep(idle_poll).await;
-                    }
-                    Idle::Claim
+            // Wait for a reason to claim again. Messages the backend sends while idle
+            // (trailing end markers, broadcasts) are read and dropped without claiming.
+            loop {
+                let Some(ws) = self.ws.as_mut() else { return };
+                enum Idle {
+                    Claim,
+                    Health,
+                    Ignore,
+                    Lost,
+                    Stop,
                 }
-                _ = tokio::time::sleep(idle_poll) => Idle::Claim,
-                _ = health.tick() => Idle::Health,
-                m = ws.next() => match m {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Idle::Lost,
-                    Some(Ok(_)) => Idle::Claim,
-                },
-            };
-            match ev {
-                Idle::Stop => return,
-                Idle::Claim => {}
-                Idle::Health => {
-                    if !self.health_check().await {
+                let ev = tokio::select! {
+                    _ = self.shutdown.cancelled() => Idle::Stop,
+                    r = self.wake.changed() => {
+                        if r.is_err() {
+                            tokio::time::sleep(idle_poll).await;
+                        }
+                        Idle::Claim
+                    }
+                    _ = tokio::time::sleep(idle_poll) => Idle::Claim,
+                    _ = health.tick() => Idle::Health,
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Idle::Lost,
+                        Some(Ok(_)) => Idle::Ignore,
+                    },
+                };
+                match ev {
+                    Idle::Stop => return,
+                    Idle::Claim => break,
+                    Idle::Ignore => {}
+                    Idle::Health => {
+                        if !self.health_check().await {
+                            self.ws = None;
+                            self.set_state(BackendState::Unhealthy);
+                            return;
+                        }
+                    }
+                    Idle::Lost => {
+                        tracing::warn!(backend = %self.id, "backend websocket closed");
                         self.ws = None;
-                        self.set_state(BackendState::Unhealthy);
                         return;
                     }
-                }
-                Idle::Lost => {
-                    tracing::warn!(backend = %self.id, "backend websocket closed");
-                    self.ws = None;
-                    return;
                 }
             }
         }

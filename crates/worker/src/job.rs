@@ -10,7 +10,7 @@ use futures::StreamExt;
 use protocol::envelope::{Envelope, Payload, Target};
 use protocol::frames::{BinaryFrame, ImageFormat};
 use protocol::messages::is_terminal;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use store::{Finish, Heartbeat, Lease, TerminalState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,8 +21,8 @@ use crate::backend::BackendRunner;
 use crate::client::SubmitAnswer;
 use crate::error::BackendError;
 use crate::translate::{
-    binary_target, error_data, refused_error_data, rewrite_ids, rewrite_output_files,
-    rewritten_subfolder, target_for, FileRef, JobTrace,
+    backend_request, binary_target, error_data, refused_error_data, rewrite_ids,
+    rewrite_output_files, rewritten_subfolder, target_for, FileRef, JobTrace,
 };
 use crate::{JobKey, JobSignal, Shared};
 
@@ -149,33 +149,12 @@ impl BackendRunner {
                 return Some(JobEnd::Done);
             }
         };
-        let mut extra = item
-            .get(3)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(secret) = lease.sensitive_json.as_deref() {
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(secret) {
-                extra.extend(m);
-            }
-        }
-        extra.insert("client_id".into(), Value::String(self.sid.clone()));
-        let mut body = Map::new();
-        body.insert("prompt".into(), item.get(2).cloned().unwrap_or(Value::Null));
-        body.insert("client_id".into(), Value::String(self.sid.clone()));
-        body.insert("prompt_id".into(), Value::String(run.backend_pid.clone()));
-        body.insert("extra_data".into(), Value::Object(extra));
-        if let Some(outputs) = item
-            .get(4)
-            .and_then(Value::as_array)
-            .filter(|o| !o.is_empty())
-        {
-            body.insert(
-                "partial_execution_targets".into(),
-                Value::Array(outputs.clone()),
-            );
-        }
-        let body = Value::Object(body);
+        let body = backend_request(
+            &item,
+            lease.sensitive_json.as_deref(),
+            &self.sid,
+            &run.backend_pid,
+        );
         tracing::debug!(backend_prompt_id = %run.backend_pid, "submitting");
         match self.client.submit(&body).await {
             Ok(SubmitAnswer::Queued) => None,

@@ -27,6 +27,42 @@ pub(crate) fn rewrite_ids(v: &mut Value, from: &str, to: &str) {
     }
 }
 
+/// The `POST /prompt` body for one attempt: the stored graph, `extra_data` with the
+/// sensitive keys put back and the worker's backend socket as `client_id`, the attempt's
+/// backend prompt id, and the validated outputs as `partial_execution_targets`.
+pub(crate) fn backend_request(
+    item: &Value,
+    sensitive_json: Option<&str>,
+    sid: &str,
+    backend_pid: &str,
+) -> Value {
+    let mut extra = item
+        .get(3)
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(Ok(Value::Object(secret))) = sensitive_json.map(serde_json::from_str::<Value>) {
+        extra.extend(secret);
+    }
+    extra.insert("client_id".into(), Value::String(sid.to_owned()));
+    let mut body = Map::new();
+    body.insert("prompt".into(), item.get(2).cloned().unwrap_or(Value::Null));
+    body.insert("client_id".into(), Value::String(sid.to_owned()));
+    body.insert("prompt_id".into(), Value::String(backend_pid.to_owned()));
+    body.insert("extra_data".into(), Value::Object(extra));
+    if let Some(outputs) = item
+        .get(4)
+        .and_then(Value::as_array)
+        .filter(|o| !o.is_empty())
+    {
+        body.insert(
+            "partial_execution_targets".into(),
+            Value::Array(outputs.clone()),
+        );
+    }
+    Value::Object(body)
+}
+
 /// Who among the owner's sockets gets a JSON message of this type, `None` when nobody does
 /// (submitter-only messages of a job without a client id).
 pub(crate) fn target_for(msg_type: &str, data: &Value, client_id: Option<&str>) -> Option<Target> {
@@ -396,6 +432,22 @@ mod tests {
             v,
             json!({"prompt_id": "p", "nodes": {"1": {"prompt_id": "p", "node_id": "1"}}, "x": ["p", "c"]})
         );
+    }
+
+    #[test]
+    fn backend_requests_carry_secrets_and_our_socket() {
+        let item = json!([3, "p", {"1": {"class_type": "X", "inputs": {}}},
+                          {"client_id": "user-socket", "extra_pnginfo": {"workflow": {}}}, ["9"]]);
+        let body = backend_request(&item, Some(r#"{"api_key_comfy_org": "k"}"#), "sid", "bp");
+        assert_eq!(body["prompt"], item[2]);
+        assert_eq!(body["client_id"], "sid");
+        assert_eq!(body["prompt_id"], "bp");
+        assert_eq!(body["extra_data"]["client_id"], "sid");
+        assert_eq!(body["extra_data"]["api_key_comfy_org"], "k");
+        assert_eq!(body["extra_data"]["extra_pnginfo"], json!({"workflow": {}}));
+        assert_eq!(body["partial_execution_targets"], json!(["9"]));
+        let plain = backend_request(&json!([0, "p", {}, {}, []]), None, "s", "b");
+        assert!(plain.get("partial_execution_targets").is_none());
     }
 
     #[test]
