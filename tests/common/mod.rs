@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// The JWT secret every test process shares.
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// The `POST /prompt` body limit the test gateways are configured with.
+pub const PROMPT_LIMIT: usize = 256 * 1024;
+
 /// The reference workflow of trace 01.
 pub fn basic_prompt(width: u32, height: u32) -> Value {
     json!({
@@ -72,6 +75,10 @@ impl Stack {
             .env("COMFY_BROKER__REDIS__KEY_PREFIX", &self.redis.prefix)
             .env("COMFY_BROKER__AUTH__SECRET", SECRET)
             .env("COMFY_BROKER__FILES__DIR", self.files_dir.path())
+            .env(
+                "COMFY_BROKER__GATEWAY__MAX_PROMPT_BYTES",
+                PROMPT_LIMIT.to_string(),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
