@@ -501,7 +501,7 @@ async fn queue_order_front_and_number() {
     let sim = sim(SimConfig::default()).await;
     // Hold the worker on a slow first job so the rest stay pending.
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 400)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     let slow = json!({
@@ -798,7 +798,7 @@ async fn interrupt_while_idle_is_discarded() {
 async fn jobs_api_only_under_api() {
     let sim = sim(SimConfig::default()).await;
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 300)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     let slow = json!({
