@@ -420,7 +420,8 @@ impl<'a> Ctx<'a> {
             }
             return Ok(None);
         };
-        let input_config = def.input_config.clone();
+        // Cloned only when an error echoes it (combo lists can be long).
+        let input_config = || def.input_config.clone();
 
         if let Value::Array(link) = &val {
             if link.len() != 2 {
@@ -431,7 +432,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -499,7 +500,7 @@ impl<'a> Ctx<'a> {
                         details,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_type", Value::from(received_type))
                     .with("linked_node", val.clone()),
                 );
@@ -545,7 +546,7 @@ impl<'a> Ctx<'a> {
                         format!("{x}, {}, {msg}", py_str(&val)),
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone())
                     .with("exception_message", Value::from(msg)),
                 );
@@ -574,7 +575,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -589,7 +590,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -614,7 +615,7 @@ impl<'a> Ctx<'a> {
                 let (list_info, cfg) = if options.len() > 20 {
                     (format!("(list of length {})", options.len()), Value::Null)
                 } else {
-                    (py_repr(&Value::Array(options.clone())), input_config)
+                    (py_repr(&Value::Array(options.clone())), input_config())
                 };
                 errors.push(
                     ErrorObject::new(
@@ -1311,6 +1312,66 @@ mod tests {
         }));
         let e = validate(&p, &c, &ValidateOptions::default()).expect_err("cycle");
         assert_eq!(e.error.kind, "prompt_outputs_failed_validation");
+    }
+
+    #[test]
+    fn missing_class_type_and_long_lists() {
+        let c = catalog();
+        let p = obj(json!({"1": {"inputs": {}}}));
+        let e = validate(&p, &c, &ValidateOptions::default()).expect_err("no class_type");
+        assert_eq!(e.error.kind, "invalid_prompt");
+        assert_eq!(
+            e.error.message,
+            "Cannot execute because a node is missing the class_type property."
+        );
+        assert_eq!(e.error.details, "Node ID '#1'");
+
+        // KSampler's sampler_name has more than 20 options: not echoed, input_config null.
+        let p = obj(json!({
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 7, "sampler_name": "nope", "scheduler": "normal", "denoise": 1, "model": ["5", 0], "positive": ["5", 0], "negative": ["5", 0], "latent_image": ["5", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["5", 0]}},
+            "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+        }));
+        let e = validate(&p, &c, &ValidateOptions::default()).expect_err("invalid");
+        let n3 = e.node_errors.get("3").expect("3");
+        let list = n3
+            .errors
+            .iter()
+            .find(|e| e.kind == "value_not_in_list")
+            .expect("value_not_in_list");
+        assert!(
+            list.details
+                .starts_with("sampler_name: 'nope' not in (list of length "),
+            "{}",
+            list.details
+        );
+        assert_eq!(list.extra_info["input_config"], Value::Null);
+        // The LATENT fed into MODEL/CONDITIONING/VAE inputs is a return_type_mismatch each.
+        assert_eq!(
+            n3.errors
+                .iter()
+                .filter(|e| e.kind == "return_type_mismatch")
+                .count(),
+            3
+        );
+        assert!(e
+            .node_errors
+            .get("8")
+            .is_some_and(|n| n.errors[0].kind == "return_type_mismatch"));
+        assert_eq!(n3.dependent_outputs, ["9"]);
+    }
+
+    #[test]
+    fn constructors() {
+        let e = PromptError::invalid_prompt_id();
+        assert_eq!(e.error.kind, "invalid_prompt_id");
+        assert_eq!(e.error.message, "prompt_id must be a valid UUID");
+        assert_eq!(e.status_code(), 400);
+        assert_eq!(
+            PromptError::prompt_no_outputs().to_json()["error"]["details"],
+            ""
+        );
     }
 
     #[test]

@@ -1,1 +1,155 @@
-//! worker
+//! The worker: drives a set of ComfyUI backends (one job at a time each) for the broker.
+//!
+//! Per backend, one task keeps a WebSocket open to the backend, publishes the backend's
+//! catalogue and state to the registry, claims the next job for it from the store when it is
+//! free, submits the job under a fresh backend prompt id, translates the backend's events back
+//! to the job (ids mapped back, outputs copied into the file store and rewritten into the job's
+//! namespace) and publishes them on the owner's channel, and ends the job with the history entry
+//! ComfyUI would have written. Per pool, one task listens to the pool's control channel and fans
+//! wake-ups and interrupts out to the backend tasks.
+
+mod backend;
+mod client;
+mod config;
+mod control;
+mod error;
+mod job;
+mod publisher;
+mod translate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use files::FileStore;
+use store::Store;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{BackendConfig, WorkerConfig};
+pub use error::{BackendError, WorkerError};
+
+/// A message to the task running one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobSignal {
+    /// Interrupt the job on its backend.
+    Interrupt,
+    /// Another worker owns the job now: stop publishing.
+    LeaseLost,
+}
+
+/// (pool, user id, prompt id) of a running job.
+pub(crate) type JobKey = (String, String, String);
+
+/// State shared by the tasks of one worker.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub files: FileStore,
+    pub config: WorkerConfig,
+    /// The jobs this worker runs, with the channel to their task.
+    pub jobs: Mutex<HashMap<JobKey, mpsc::UnboundedSender<JobSignal>>>,
+}
+
+impl Shared {
+    /// Sends a signal to the task running a job, if this worker runs it.
+    pub(crate) fn signal(&self, key: &JobKey, signal: JobSignal) -> bool {
+        let jobs = match self.jobs.lock() {
+            Ok(j) => j,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match jobs.get(key) {
+            Some(tx) => tx.send(signal).is_ok(),
+            None => false,
+        }
+    }
+
+    pub(crate) fn register(&self, key: JobKey, tx: mpsc::UnboundedSender<JobSignal>) {
+        let mut jobs = match self.jobs.lock() {
+            Ok(j) => j,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        jobs.insert(key, tx);
+    }
+
+    pub(crate) fn unregister(&self, key: &JobKey) {
+        let mut jobs = match self.jobs.lock() {
+            Ok(j) => j,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        jobs.remove(key);
+    }
+}
+
+/// Runs the worker until `shutdown` completes: each configured backend gets a task that
+/// claims and runs jobs of its pool. On shutdown a running job is interrupted on its backend
+/// and given back to the queue (not counted as an attempt), and the backends are removed from
+/// the registry. Returns an error only for an invalid configuration.
+pub async fn run(
+    store: Store,
+    files: FileStore,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let backends = config.validate()?;
+    let mut clients = Vec::with_capacity(backends.len());
+    for (id, b) in &backends {
+        let client = client::ComfyClient::new(
+            &b.url,
+            &b.headers,
+            config.connect_timeout,
+            config.request_timeout,
+            config.transfer_timeout,
+        )?;
+        clients.push((id.clone(), b.clone(), client));
+    }
+    let token = CancellationToken::new();
+    {
+        let token = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            token.cancel();
+        });
+    }
+    let shared = Arc::new(Shared {
+        store,
+        files,
+        config,
+        jobs: Mutex::new(HashMap::new()),
+    });
+    tracing::info!(worker = %shared.config.id, backends = clients.len(), "worker starting");
+
+    let mut wakes: BTreeMap<String, watch::Receiver<u64>> = BTreeMap::new();
+    let mut control_tasks = JoinSet::new();
+    for (_, b, _) in &clients {
+        if wakes.contains_key(&b.pool) {
+            continue;
+        }
+        let (tx, rx) = watch::channel(0u64);
+        wakes.insert(b.pool.clone(), rx);
+        control_tasks.spawn(control::run(
+            shared.clone(),
+            b.pool.clone(),
+            tx,
+            token.clone(),
+        ));
+    }
+    let mut backend_tasks = JoinSet::new();
+    for (id, b, client) in clients {
+        let Some(wake) = wakes.get(&b.pool).cloned() else {
+            continue;
+        };
+        let runner =
+            backend::BackendRunner::new(shared.clone(), id, b, client, wake, token.clone());
+        backend_tasks.spawn(runner.run());
+    }
+    while let Some(r) = backend_tasks.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "backend task failed");
+        }
+    }
+    token.cancel();
+    while control_tasks.join_next().await.is_some() {}
+    tracing::info!(worker = %shared.config.id, "worker stopped");
+    Ok(())
+}

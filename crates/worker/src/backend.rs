@@ -1,0 +1,370 @@
+//! One task per backend: connect (catalogue, WebSocket), publish the backend to the registry,
+//! then claim and run jobs while it is healthy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use store::{BackendInfo, BackendState};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{BackendWs, ComfyClient};
+use crate::error::BackendError;
+use crate::job::JobEnd;
+use crate::publisher::Publisher;
+use crate::{BackendConfig, Shared};
+
+/// A change to what the registry shows about a backend.
+pub(crate) enum RegUpdate {
+    State(BackendState),
+    Stats(Value),
+    Catalog {
+        models: BTreeMap<String, Vec<String>>,
+        embeddings: Vec<String>,
+        object_info: Bytes,
+    },
+    JobDone,
+}
+
+/// Drives one backend.
+pub(crate) struct BackendRunner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: String,
+    pub(crate) cfg: BackendConfig,
+    pub(crate) client: ComfyClient,
+    pub(crate) wake: watch::Receiver<u64>,
+    pub(crate) shutdown: CancellationToken,
+    /// The backend WebSocket's client id (the `client_id` of every prompt we submit).
+    pub(crate) sid: String,
+    pub(crate) ws: Option<BackendWs>,
+    pub(crate) publisher: Publisher,
+    pub(crate) reg: mpsc::UnboundedSender<RegUpdate>,
+    state: Option<BackendState>,
+    last_catalog: Option<Instant>,
+    registry_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn folder_is_safe(f: &str) -> bool {
+    !f.is_empty()
+        && f.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !f.contains("..")
+}
+
+impl BackendRunner {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: String,
+        cfg: BackendConfig,
+        client: ComfyClient,
+        wake: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let publisher = Publisher::spawn(shared.store.clone());
+        let info = BackendInfo {
+            id: id.clone(),
+            pool: cfg.pool.clone(),
+            worker: shared.config.id.clone(),
+            state: BackendState::Unhealthy,
+            object_info_sha256: None,
+            models: BTreeMap::new(),
+            embeddings: Vec::new(),
+            system_stats: None,
+            labels: cfg.labels.clone(),
+            jobs_run: 0,
+            updated_ms: 0,
+        };
+        let (reg, rx) = mpsc::unbounded_channel();
+        let registry_task = tokio::spawn(registry(
+            shared.clone(),
+            info,
+            rx,
+            shared.config.health_interval,
+        ));
+        BackendRunner {
+            shared,
+            id,
+            cfg,
+            client,
+            wake,
+            shutdown,
+            sid: protocol::ids::new_sid(),
+            ws: None,
+            publisher,
+            reg,
+            state: None,
+            last_catalog: None,
+            registry_task: Some(registry_task),
+        }
+    }
+
+    pub(crate) fn set_state(&mut self, state: BackendState) {
+        if self.state != Some(state) {
+            if state == BackendState::Unhealthy {
+                tracing::warn!(backend = %self.id, "backend unhealthy");
+            } else if self.state == Some(BackendState::Unhealthy) || self.state.is_none() {
+                tracing::info!(backend = %self.id, "backend healthy");
+            }
+            self.state = Some(state);
+            let _ = self.reg.send(RegUpdate::State(state));
+        }
+    }
+
+    /// The backend's loop until shutdown.
+    pub(crate) async fn run(mut self) {
+        while !self.shutdown.is_cancelled() {
+            if self.ws.is_none() {
+                match self.connect().await {
+                    Ok(()) => self.set_state(BackendState::Healthy),
+                    Err(e) => {
+                        if self.state != Some(BackendState::Unhealthy) {
+                            tracing::warn!(backend = %self.id, error = %e, "backend not reachable");
+                        }
+                        self.set_state(BackendState::Unhealthy);
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.shared.config.health_interval) => {}
+                            _ = self.shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.serve().await;
+        }
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
+        // Closing the registry channel removes the backend from the registry.
+        let (closed, _) = mpsc::unbounded_channel();
+        self.reg = closed;
+        if let Some(task) = self.registry_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), BackendError> {
+        let stats: Value = self.client.get_json("/system_stats").await?;
+        let _ = self.reg.send(RegUpdate::Stats(stats));
+        if self
+            .last_catalog
+            .is_none_or(|t| t.elapsed() >= self.shared.config.catalog_interval)
+        {
+            self.refresh_catalog().await?;
+        }
+        self.ws = Some(self.client.connect_ws(&self.sid).await?);
+        Ok(())
+    }
+
+    async fn refresh_catalog(&mut self) -> Result<(), BackendError> {
+        let object_info = self.client.get_bytes("/object_info").await?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&object_info).is_err() {
+            return Err(BackendError::BadAnswer(
+                "/object_info is not JSON".to_owned(),
+            ));
+        }
+        let folders: Vec<String> = self.client.get_json("/models").await.unwrap_or_default();
+        let client = &self.client;
+        let lists = futures::future::join_all(folders.iter().filter(|f| folder_is_safe(f)).map(
+            |f| async move {
+                let files: Result<Vec<String>, _> = client.get_json(&format!("/models/{f}")).await;
+                (f.clone(), files)
+            },
+        ))
+        .await;
+        let models = lists
+            .into_iter()
+            .filter_map(|(f, r)| r.ok().map(|l| (f, l)))
+            .collect();
+        let embeddings: Vec<String> = self
+            .client
+            .get_json("/embeddings")
+            .await
+            .unwrap_or_default();
+        let _ = self.reg.send(RegUpdate::Catalog {
+            models,
+            embeddings,
+            object_info,
+        });
+        self.last_catalog = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Idle health check: stats, WebSocket ping, catalogue when stale. False when unhealthy.
+    async fn health_check(&mut self) -> bool {
+        match self.client.get_json::<Value>("/system_stats").await {
+            Ok(stats) => {
+                let _ = self.reg.send(RegUpdate::Stats(stats));
+            }
+            Err(e) => {
+                tracing::warn!(backend = %self.id, error = %e, "health check failed");
+                return false;
+            }
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                tracing::warn!(backend = %self.id, "backend websocket lost");
+                return false;
+            }
+        }
+        if self
+            .last_catalog
+            .is_none_or(|t| t.elapsed() >= self.shared.config.catalog_interval)
+        {
+            if let Err(e) = self.refresh_catalog().await {
+                tracing::warn!(backend = %self.id, error = %e, "catalogue refresh failed");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Claims and runs jobs while connected; returns when the backend needs reconnecting or
+    /// on shutdown.
+    async fn serve(&mut self) {
+        let every = self.shared.config.health_interval;
+        let mut health = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_poll = self.shared.config.idle_poll;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            self.wake.borrow_and_update();
+            let pool = self.cfg.pool.clone();
+            match self
+                .shared
+                .store
+                .claim(&pool, &self.shared.config.id, &self.id)
+                .await
+            {
+                Ok(Some(lease)) => {
+                    self.set_state(BackendState::Busy);
+                    match self.run_job(lease).await {
+                        JobEnd::Done => {
+                            self.set_state(BackendState::Healthy);
+                            let _ = self.reg.send(RegUpdate::JobDone);
+                            continue;
+                        }
+                        JobEnd::BackendDown => {
+                            let _ = self.reg.send(RegUpdate::JobDone);
+                            self.ws = None;
+                            self.set_state(BackendState::Unhealthy);
+                            return;
+                        }
+                        JobEnd::Shutdown => return,
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(backend = %self.id, error = %e, "claim failed");
+                }
+            }
+            // Wait for a reason to claim again. Messages the backend sends while idle
+            // (trailing end markers, broadcasts) are read and dropped without claiming.
+            loop {
+                let Some(ws) = self.ws.as_mut() else { return };
+                enum Idle {
+                    Claim,
+                    Health,
+                    Ignore,
+                    Lost,
+                    Stop,
+                }
+                let ev = tokio::select! {
+                    _ = self.shutdown.cancelled() => Idle::Stop,
+                    r = self.wake.changed() => {
+                        if r.is_err() {
+                            tokio::time::sleep(idle_poll).await;
+                        }
+                        Idle::Claim
+                    }
+                    _ = tokio::time::sleep(idle_poll) => Idle::Claim,
+                    _ = health.tick() => Idle::Health,
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Idle::Lost,
+                        Some(Ok(_)) => Idle::Ignore,
+                    },
+                };
+                match ev {
+                    Idle::Stop => return,
+                    Idle::Claim => break,
+                    Idle::Ignore => {}
+                    Idle::Health => {
+                        if !self.health_check().await {
+                            self.ws = None;
+                            self.set_state(BackendState::Unhealthy);
+                            return;
+                        }
+                    }
+                    Idle::Lost => {
+                        tracing::warn!(backend = %self.id, "backend websocket closed");
+                        self.ws = None;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the backend's registry entry current; removes it when the runner is gone.
+async fn registry(
+    shared: Arc<Shared>,
+    mut info: BackendInfo,
+    mut rx: mpsc::UnboundedReceiver<RegUpdate>,
+    every: Duration,
+) {
+    let mut pending_doc: Option<Bytes> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let apply = |info: &mut BackendInfo, pending_doc: &mut Option<Bytes>, u: RegUpdate| match u {
+        RegUpdate::State(s) => info.state = s,
+        RegUpdate::Stats(s) => info.system_stats = Some(s),
+        RegUpdate::JobDone => info.jobs_run += 1,
+        RegUpdate::Catalog {
+            models,
+            embeddings,
+            object_info,
+        } => {
+            info.models = models;
+            info.embeddings = embeddings;
+            let sha = store::sha256_hex(&object_info);
+            if info.object_info_sha256.as_deref() != Some(sha.as_str()) {
+                *pending_doc = Some(object_info);
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            u = rx.recv() => {
+                let Some(u) = u else { break };
+                apply(&mut info, &mut pending_doc, u);
+                while let Ok(u) = rx.try_recv() {
+                    apply(&mut info, &mut pending_doc, u);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        info.updated_ms = crate::translate::now_ms();
+        if let Some(doc) = pending_doc.as_ref() {
+            info.object_info_sha256 = Some(store::sha256_hex(doc));
+        }
+        match shared
+            .store
+            .publish_backend(&info, pending_doc.as_deref())
+            .await
+        {
+            Ok(()) => pending_doc = None,
+            Err(e) => tracing::warn!(backend = %info.id, error = %e, "registry publish failed"),
+        }
+    }
+    if let Err(e) = shared.store.remove_backend(&info.pool, &info.id).await {
+        tracing::warn!(backend = %info.id, error = %e, "registry removal failed");
+    }
+}
