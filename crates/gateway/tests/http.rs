@@ -698,3 +698,40 @@ async fn redis_outage_answers_503_quickly() {
     assert!(started.elapsed() < Duration::from_secs(10));
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn large_bodies_over_the_limit_get_a_readable_413() {
+    let cfg = GatewayConfig {
+        max_prompt_bytes: 256 * 1024,
+        max_request_bytes: 1024 * 1024,
+        ..GatewayConfig::default()
+    };
+    let env = Env::start_with(cfg, true).await;
+    let t = env.token("u1");
+    for (path, size) in [
+        ("/prompt", 300 * 1024),
+        ("/prompt", 2 << 20),
+        ("/queue", 3 << 20),
+    ] {
+        for _ in 0..3 {
+            let big = json!({"prompt": basic_prompt(), "extra_data": {"pad": "x".repeat(size)}});
+            let r = env.post_json(&t, path, &big).await;
+            let (s, b) = error_type(r).await;
+            assert_eq!(s, 413, "{path} {size}");
+            assert_eq!(b["error"]["type"], "request_too_large");
+        }
+    }
+    // Without a Content-Length (chunked) the limit holds too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|_| Ok(vec![b' '; 8192])).collect();
+    let r = env
+        .http
+        .post(env.url("/prompt"))
+        .bearer_auth(&t)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    nothing_queued(&env, "u1").await;
+}
