@@ -44,6 +44,10 @@ pub struct GatewayConfig {
     pub redis_timeout: Duration,
     /// `Retry-After` seconds sent with 503 and 429 answers.
     pub retry_after_secs: u64,
+    /// How often the token of every open `/ws` is checked again; a revoked token or a
+    /// disabled user closes the socket with 1008.
+    #[serde(with = "humantime_serde")]
+    pub ws_auth_recheck: Duration,
     /// How long an authentication answer (API token look-up, session revocation, disabled
     /// user, current role) is reused: revocation takes effect within this time.
     #[serde(with = "humantime_serde")]
@@ -71,6 +75,7 @@ impl Default for GatewayConfig {
             redis_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             auth_cache_ttl: Duration::from_secs(5),
+            ws_auth_recheck: Duration::from_secs(10),
             drain_delay: Duration::from_secs(0),
         }
     }
@@ -93,7 +98,10 @@ impl GatewayConfig {
         if self.max_prompt_bytes == 0 || self.max_request_bytes == 0 {
             return Err("gateway body limits must be positive".into());
         }
-        if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
+        if self.ws_ping_interval.is_zero()
+            || self.catalog_refresh.is_zero()
+            || self.ws_auth_recheck.is_zero()
+        {
             return Err("gateway intervals must be positive".into());
         }
         if !self.login_path.starts_with('/') {

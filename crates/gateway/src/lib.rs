@@ -93,7 +93,9 @@ impl Gateway {
                 close_timeout: config.ws_close_timeout,
                 redis_timeout: config.redis_timeout,
                 features: features.clone(),
+                auth_recheck: config.ws_auth_recheck,
             },
+            Some(authenticator.clone()),
         );
         let state = Arc::new(AppState {
             config,

@@ -80,6 +80,9 @@ pub(crate) async fn ws_upgrade(
             return ApiError::BadRequest("not_a_websocket", e.body_text()).into_response();
         }
     };
+    let Some(token) = crate::auth::request_token(&headers, query.as_deref()) else {
+        return ApiError::Unauthorized("Authentication required: no token".into()).into_response();
+    };
     let hub = st.hub.clone();
     let max_in = st.config.ws_max_incoming_bytes;
     upgrade
@@ -88,7 +91,7 @@ pub(crate) async fn ws_upgrade(
         .max_write_buffer_size(usize::MAX)
         .max_message_size(max_in)
         .max_frame_size(max_in)
-        .on_upgrade(move |socket| hub.run_socket(socket, identity, client_id))
+        .on_upgrade(move |socket| hub.run_socket(socket, identity, client_id, token))
 }
 
 #[cfg(test)]
