@@ -44,6 +44,8 @@ pub(crate) struct BackendRunner {
     pub(crate) ws: Option<BackendWs>,
     pub(crate) publisher: Publisher,
     pub(crate) reg: mpsc::UnboundedSender<RegUpdate>,
+    /// The backend's parsed node catalogue (to find inputs that name uploaded files).
+    pub(crate) catalog: Option<Arc<protocol::catalog::Catalog>>,
     state: Option<BackendState>,
     last_catalog: Option<Instant>,
     registry_task: Option<tokio::task::JoinHandle<()>>,
@@ -99,6 +101,7 @@ impl BackendRunner {
             reg,
             state: None,
             last_catalog: None,
+            catalog: None,
             registry_task: Some(registry_task),
         }
     }
@@ -166,6 +169,10 @@ impl BackendRunner {
             return Err(BackendError::BadAnswer(
                 "/object_info is not JSON".to_owned(),
             ));
+        }
+        match protocol::catalog::Catalog::from_slice(&object_info) {
+            Ok(c) => self.catalog = Some(Arc::new(c)),
+            Err(e) => tracing::warn!(backend = %self.id, error = %e, "catalogue not parseable"),
         }
         let folders: Vec<String> = self.client.get_json("/models").await.unwrap_or_default();
         let client = &self.client;

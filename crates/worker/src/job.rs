@@ -21,8 +21,8 @@ use crate::backend::BackendRunner;
 use crate::client::SubmitAnswer;
 use crate::error::BackendError;
 use crate::translate::{
-    backend_request, binary_target, error_data, refused_error_data, rewrite_ids,
-    rewrite_output_files, rewritten_subfolder, target_for, FileRef, JobTrace,
+    backend_request, binary_target, error_data, file_inputs, refused_error_data, rewrite_ids,
+    rewrite_output_files, rewritten_subfolder, shipped_subfolder, target_for, FileRef, JobTrace,
 };
 use crate::{JobKey, JobSignal, Shared};
 
@@ -149,6 +149,21 @@ impl BackendRunner {
                 return Some(JobEnd::Done);
             }
         };
+        let mut item = item;
+        if let Some(prompt) = item.get_mut(2) {
+            if let Err(message) = self.ship_inputs(&lease, prompt).await {
+                tracing::info!("job names an input file it cannot use");
+                let data = error_data(
+                    &lease.prompt_id,
+                    None,
+                    Vec::new(),
+                    "invalid_input_file",
+                    &message,
+                );
+                self.finish(run, "execution_error", data).await;
+                return Some(JobEnd::Done);
+            }
+        }
         let body = backend_request(
             &item,
             lease.sensitive_json.as_deref(),
@@ -196,6 +211,49 @@ impl BackendRunner {
                 }
             }
         }
+    }
+
+    /// Uploads the owner's files that the graph's file inputs name (LoadImage's `image` ...) to
+    /// the backend under `_broker/<user>/...` and points the inputs there. A file the owner
+    /// does not have ends the job: a backend's own files (other users' outputs, its input
+    /// folder) are never reachable through the broker.
+    async fn ship_inputs(&self, lease: &Lease, prompt: &mut Value) -> Result<(), String> {
+        let Some(catalog) = self.catalog.clone() else {
+            return Ok(());
+        };
+        for f in file_inputs(prompt, &catalog) {
+            let shown = if f.subfolder.is_empty() {
+                f.filename.clone()
+            } else {
+                format!("{}/{}", f.subfolder, f.filename)
+            };
+            let invalid = || format!("{} - Invalid file: {shown}{}", f.input, f.annotation);
+            let kind = FileKind::parse(f.kind).ok_or_else(invalid)?;
+            let key = FileKey::new(&lease.user_id, kind, &f.subfolder, &f.filename)
+                .map_err(|_| invalid())?;
+            let data = match self.shared.files.read(&key).await {
+                Ok(d) => d,
+                Err(files::FilesError::NotFound) => return Err(invalid()),
+                Err(e) => return Err(format!("{} - could not read {shown}: {e}", f.input)),
+            };
+            let sub = shipped_subfolder(&lease.user_id, &f.subfolder);
+            if let Err(e) = self.client.upload(f.kind, &sub, &f.filename, data).await {
+                tracing::warn!(error = %e, "shipping an input to the backend failed");
+                return Err(format!(
+                    "{} - could not send {shown} to the backend",
+                    f.input
+                ));
+            }
+            let value = format!("{sub}/{}{}", f.filename, f.annotation);
+            if let Some(slot) = prompt
+                .get_mut(&f.node)
+                .and_then(|n| n.get_mut("inputs"))
+                .and_then(|i| i.get_mut(&f.input))
+            {
+                *slot = Value::String(value);
+            }
+        }
+        Ok(())
     }
 
     async fn follow(

@@ -934,3 +934,111 @@ async fn a_silent_backend_is_not_waited_on_forever() {
     w.stop().await;
     sim.shutdown().await;
 }
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> Bytes {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    Bytes::from(out.into_inner())
+}
+
+fn load_and_save(image: &str) -> Value {
+    json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}
+    })
+}
+
+#[tokio::test]
+async fn uploaded_inputs_are_shipped_to_the_backend_and_stay_private() {
+    let env = env().await;
+    let sim = sim().await;
+    let key = FileKey::new("u1", FileKind::Input, "pets", "cat.png").expect("key");
+    env.files
+        .put(&key, png(40, 30, [255, 0, 0]))
+        .await
+        .expect("upload");
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+
+    let job = new_job("u1", Some("c1"), &load_and_save("pets/cat.png"), &["3"]);
+    submit(&env.store, &job).await;
+    let _ = until_end_marker(&mut events, &job.prompt_id).await;
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Success, "{:?}", rec.history_json);
+    let out = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &job.prompt_id,
+        "inv_00001_.png",
+    )
+    .await;
+    assert_eq!(out.dimensions(), (40, 30));
+    assert_eq!(out.get_pixel(0, 0).0[..3], [0, 255, 255]);
+    // The history echoes the graph as submitted, not the backend's path.
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(h["prompt"][2]["1"]["inputs"]["image"], "pets/cat.png");
+    assert!(sim.input_dir().join("_broker/u1/pets/cat.png").is_file());
+
+    // Another user can reach neither u1's upload nor the file shipped to the backend.
+    let mut events2 = subscribe(&env.store, "u2").await;
+    for name in ["pets/cat.png", "_broker/u1/pets/cat.png"] {
+        let job = new_job("u2", Some("c2"), &load_and_save(name), &["3"]);
+        submit(&env.store, &job).await;
+        let got = until_end_marker(&mut events2, &job.prompt_id).await;
+        let err = got
+            .iter()
+            .filter_map(Got::json)
+            .find(|v| v["type"] == "execution_error")
+            .expect("execution_error");
+        assert_eq!(err["data"]["exception_type"], "invalid_input_file", "{err}");
+    }
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_a_running_job_back_without_using_an_attempt() {
+    let env = env().await;
+    let sim = sim().await;
+    sim.faults().set(Faults {
+        work_ms: Some(500),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    w.stop().await;
+    let rec = env
+        .store
+        .job("default", "u1", &job.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(rec.state, JobState::Pending);
+    assert_eq!(rec.attempts, 0);
+    assert!(env
+        .store
+        .backends("default")
+        .await
+        .expect("backends")
+        .is_empty());
+    // A new worker picks it up and runs it to the end.
+    sim.faults().clear();
+    let w2 = start(&env, config(&[&sim]));
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 1);
+    w2.stop().await;
+    sim.shutdown().await;
+}
