@@ -1042,3 +1042,45 @@ async fn shutdown_gives_a_running_job_back_without_using_an_attempt() {
     w2.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_runtime_error_ends_the_job_like_comfyui() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    // Trace 11: SaveImage refuses to write outside the output folder.
+    let job = new_job("u1", Some("c1"), &trace_prompt("11_"), &["3"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let expected: Vec<String> = load_trace("11_")
+        .iter()
+        .filter(|e| e["kind"] == "ws_recv")
+        .skip(1)
+        .map(|e| e["msg"]["type"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(got.iter().map(Got::kind).collect::<Vec<_>>(), expected);
+    let err = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_error")
+        .expect("execution_error");
+    assert_eq!(err["data"]["prompt_id"], pid.as_str());
+    assert_eq!(err["data"]["node_id"], "3");
+    assert_eq!(err["data"]["node_type"], "SaveImage");
+    assert!(err["data"]["traceback"].is_array());
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Error);
+    assert_eq!(rec.attempts, 1);
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(h["outputs"], json!({}));
+    assert_eq!(h["status"]["status_str"], "error");
+    assert_eq!(h["status"]["completed"], false);
+    assert_eq!(
+        h["status"]["messages"][2],
+        json!(["execution_error", err["data"]])
+    );
+    w.stop().await;
+    sim.shutdown().await;
+}
