@@ -1084,3 +1084,53 @@ async fn a_runtime_error_ends_the_job_like_comfyui() {
     w.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn cached_reruns_copy_the_earlier_file_into_the_new_job() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let first = new_job("u1", Some("c1"), &basic_save(0x00ff00), &["2"]);
+    submit(&env.store, &first).await;
+    let _ = until_end_marker(&mut events, &first.prompt_id).await;
+    // Same graph again: the backend answers from its cache (trace 02), naming the old file.
+    let again = new_job("u1", Some("c1"), &basic_save(0x00ff00), &["2"]);
+    submit(&env.store, &again).await;
+    let got = until_end_marker(&mut events, &again.prompt_id).await;
+    let cached = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_cached")
+        .expect("execution_cached");
+    assert_eq!(cached["data"]["nodes"], json!(["1", "2"]));
+    let executed = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "executed")
+        .expect("executed replayed for the cached output");
+    assert_eq!(
+        executed["data"]["output"]["images"][0],
+        json!({"filename": "test_00001_.png", "subfolder": again.prompt_id, "type": "output"})
+    );
+    let img = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &again.prompt_id,
+        "test_00001_.png",
+    )
+    .await;
+    assert_eq!(img.get_pixel(0, 0).0[..3], [0, 255, 0]);
+    let h: Value = serde_json::from_str(
+        &env.store
+            .history_entry("default", "u1", &again.prompt_id)
+            .await
+            .expect("h")
+            .expect("entry"),
+    )
+    .expect("json");
+    assert_eq!(h["outputs"]["2"], executed["data"]["output"]);
+    w.stop().await;
+    sim.shutdown().await;
+}
