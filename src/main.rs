@@ -1,1 +1,196 @@
-fn main() {}
+//! `comfy-broker`: one binary for every part of the system. This file only parses the command
+//! line and wires configuration to the crates.
+
+mod admin;
+mod config;
+mod dev;
+mod logging;
+mod shutdown;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Use a pool of ComfyUI GPU nodes as one authenticated ComfyUI server.
+#[derive(Debug, Parser)]
+#[command(name = "comfy-broker", version, about)]
+struct Cli {
+    /// TOML configuration file (also `COMFY_BROKER_CONFIG`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway: the authenticated ComfyUI-compatible REST + WebSocket tier.
+    Gateway {
+        /// Address to listen on (overrides `gateway.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a worker: pulls jobs from Redis and drives ComfyUI backends.
+    Worker {
+        /// A ComfyUI backend URL (repeatable; replaces `worker.backends`).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+    },
+    /// Gateway + worker + simulated ComfyUI backends in one process, for trying it out.
+    Dev(dev::DevArgs),
+    /// A simulated ComfyUI node (for tests, demos and benchmarks).
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8188")]
+        listen: SocketAddr,
+        /// Work time of every node (e.g. `200ms`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        node_time: Option<Duration>,
+    },
+    /// Mint tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage users (stored in Redis, shared by every gateway).
+    User {
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
+    /// Operate on jobs: dead letters.
+    Jobs {
+        #[command(subcommand)]
+        command: admin::JobsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a long-lived API token for an existing user and print it (shown once).
+    Create {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Lifetime (e.g. `720h`); never expires when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Label shown in token lists.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Print a session JWT for a user, signed with the configured `auth.secret`.
+    Jwt {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// User id (default: derived from the name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Role: owner, admin, power, user or guest.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Lifetime (e.g. `24h`, `30d`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        ttl: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    config.validate()?;
+    logging::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(run(cli.command, config))
+}
+
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Gateway { listen } => {
+            config.validate_auth()?;
+            if let Some(l) = listen {
+                config.gateway.listen = l;
+            }
+            let store = connect(&config).await?;
+            let files = files::FileStore::local(&config.files.dir)?;
+            let jwt = auth::JwtKeys::new(config.auth.clone())?;
+            let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+                .await
+                .with_context(|| format!("binding {}", config.gateway.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+            let gw = gateway::Gateway::new(store, files, jwt, config.gateway.clone()).await?;
+            gw.serve(listener, shutdown::signal()).await?;
+            Ok(())
+        }
+        Command::Worker { backends } => {
+            if !backends.is_empty() {
+                config.worker.backends = backends
+                    .into_iter()
+                    .map(worker::BackendConfig::new)
+                    .collect();
+            }
+            anyhow::ensure!(
+                !config.worker.backends.is_empty(),
+                "no backends: set worker.backends in the config or pass --backend URL"
+            );
+            let store = connect(&config).await?;
+            let files = files::FileStore::local(&config.files.dir)?;
+            worker::run(store, files, config.worker.clone(), shutdown::signal()).await?;
+            Ok(())
+        }
+        Command::Dev(args) => dev::run(args, config).await,
+        Command::Sim { listen, node_time } => {
+            let mut sim_config = comfy_sim::SimConfig::default();
+            if let Some(t) = node_time {
+                sim_config.work_time = t;
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let handle = comfy_sim::spawn(listener, sim_config).await?;
+            println!("sim listening on {}", handle.url());
+            shutdown::signal().await;
+            handle.shutdown().await;
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { user, ttl, name },
+        } => {
+            let store = connect(&config).await?;
+            admin::create_api_token(&store, &user, ttl, &name).await
+        }
+        Command::User { command } => admin::user(&connect(&config).await?, command).await,
+        Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
+        Command::Token {
+            command:
+                TokenCommand::Jwt {
+                    user,
+                    id,
+                    role,
+                    ttl,
+                },
+        } => {
+            config.validate_auth()?;
+            let role = auth::Role::parse(&role).context("unknown role")?;
+            let keys = auth::JwtKeys::new(config.auth.clone())?;
+            let id = id.unwrap_or_else(|| dev::user_id_for(&user));
+            let (token, _) = keys.mint(&id, &user, role, ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<store::Store> {
+    store::Store::connect(config.redis.clone())
+        .await
+        .context("connecting to Redis")
+}

@@ -2,12 +2,18 @@
 //! one pinned algorithm), opaque API tokens, and finding the token a request carries
 //! (`Authorization: Bearer`, cookie `jwt_token`, `?token=`, `?access_token=`).
 
+mod api_token;
 mod carrier;
 mod jwt;
+mod password;
 mod roles;
 
+pub use api_token::{generate_api_token, hash_api_token, is_api_token_shaped};
 pub use carrier::{find_token, is_jwt_shaped, Carrier};
 pub use jwt::{Claims, JwtConfig, JwtError, JwtKeys};
+pub use password::{
+    check_new_password, check_username, hash_password, verify_password, PasswordError,
+};
 pub use roles::{Permission, Role};
 
 /// Who a verified request runs as. Built only from a verified token.

@@ -626,8 +626,14 @@ impl Executor {
             );
         }
 
-        // Faults that fire when a node starts.
+        // Faults that fire when a node starts (after the client saw `executing`).
         let faults = shared.faults();
+        let fires = [&faults.crash_at, &faults.drop_ws_at, &faults.hang_at]
+            .iter()
+            .any(|m| matches(m, id, &class_type));
+        if fires {
+            shared.flush().await;
+        }
         if matches(&faults.crash_at, id, &class_type) {
             shared.crash();
             return NodeOutcome::Abandoned;

@@ -55,6 +55,30 @@ use crate::state::{Heap, Inner, Shared};
 /// The real ComfyUI 0.3.64 `/object_info` (495 classes) the simulator serves by default.
 pub const OBJECT_INFO_JSON: &str = include_str!("../data/object_info.json");
 
+/// ComfyUI's model folders in its registration order (what `GET /models` lists).
+pub const MODEL_FOLDERS: &[&str] = &[
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "custom_nodes",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+    "model_patches",
+    "audio_encoders",
+];
+
 /// Configuration of one simulated node.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -74,13 +98,16 @@ pub struct SimConfig {
     /// Largest preview side in pixels (`--preview-size`, default 512).
     pub preview_size: u32,
     /// Model files by folder, served by `/models`, `/models/{folder}` and (folder `embeddings`)
-    /// `/embeddings`. Default: ComfyUI's folder names, all empty.
+    /// `/embeddings`; non-empty lists also become the options of the catalogue's loader inputs
+    /// (`ckpt_name`, `lora_name`, ... see `protocol::catalog::MODEL_INPUTS`), so graphs naming
+    /// them validate. Default: ComfyUI's folder names, all empty.
     pub models: BTreeMap<String, Vec<String>>,
     /// `max_upload_size` in bytes (features, and the request body limit; default 100 MiB).
     pub max_upload_size: u64,
     /// `system.comfyui_version` (default "0.3.64").
     pub comfyui_version: String,
-    /// `devices[0].name` of `/system_stats`.
+    /// `devices[0].name` of `/system_stats` (default "cpu", as recorded; any other name reports a
+    /// `cuda` device with index 0).
     pub device_name: String,
     /// `devices[0].vram_total` of `/system_stats`, in bytes.
     pub vram_total: u64,
@@ -89,28 +116,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         let catalog = Catalog::from_slice(OBJECT_INFO_JSON.as_bytes()).unwrap_or_default();
-        let folders = [
-            "checkpoints",
-            "configs",
-            "loras",
-            "vae",
-            "text_encoders",
-            "diffusion_models",
-            "clip_vision",
-            "style_models",
-            "embeddings",
-            "diffusers",
-            "vae_approx",
-            "controlnet",
-            "gligen",
-            "upscale_models",
-            "custom_nodes",
-            "hypernetworks",
-            "photomaker",
-            "classifiers",
-            "model_patches",
-            "audio_encoders",
-        ];
+        let folders = MODEL_FOLDERS;
         SimConfig {
             catalog: Arc::new(catalog),
             output_dir: None,
@@ -125,7 +131,7 @@ impl Default for SimConfig {
                 .collect(),
             max_upload_size: 104_857_600,
             comfyui_version: "0.3.64".into(),
-            device_name: "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync".into(),
+            device_name: "cpu".into(),
             vram_total: 25_386_352_640,
         }
     }
@@ -244,9 +250,19 @@ fn dir_or_temp(
 /// Starts a simulator on `listener` (bind it to port 0 for tests).
 pub async fn spawn(
     listener: tokio::net::TcpListener,
-    config: SimConfig,
+    mut config: SimConfig,
 ) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
+    // The loaders' dropdowns list this node's model files (so graphs naming them validate).
+    if config.models.values().any(|f| !f.is_empty()) {
+        let mut cat = (*config.catalog).clone();
+        for (folder, files) in &config.models {
+            if !files.is_empty() {
+                cat.set_model_files(folder, files);
+            }
+        }
+        config.catalog = Arc::new(cat);
+    }
     let mut dirs = Vec::new();
     let output_dir = dir_or_temp(&config.output_dir, "output", &mut dirs)?;
     let input_dir = dir_or_temp(&config.input_dir, "input", &mut dirs)?;

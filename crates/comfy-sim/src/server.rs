@@ -678,6 +678,7 @@ async fn system_stats(State(shared): S) -> Response {
     let ram: u64 = 25_276_071_936;
     let free: u64 = 23_595_515_904;
     let v = &shared.config.comfyui_version;
+    let cpu = shared.config.device_name == "cpu";
     ok_json(&json!({
         "system": {
             "os": "posix",
@@ -694,8 +695,8 @@ async fn system_stats(State(shared): S) -> Response {
         },
         "devices": [{
             "name": shared.config.device_name,
-            "type": "cuda",
-            "index": 0,
+            "type": if cpu { "cpu" } else { "cuda" },
+            "index": if cpu { Value::Null } else { json!(0) },
             "vram_total": shared.config.vram_total,
             "vram_free": shared.config.vram_total,
             "torch_vram_total": shared.config.vram_total,
@@ -727,7 +728,15 @@ async fn embeddings(State(shared): S) -> Response {
 }
 
 async fn models(State(shared): S) -> Response {
-    let names: Vec<&String> = shared.config.models.keys().collect();
+    // ComfyUI's registration order first, then any other configured folder.
+    let known = crate::MODEL_FOLDERS;
+    let m = &shared.config.models;
+    let mut names: Vec<&str> = known
+        .iter()
+        .copied()
+        .filter(|k| m.contains_key(*k))
+        .collect();
+    names.extend(m.keys().map(String::as_str).filter(|k| !known.contains(k)));
     ok_json(&json!(names))
 }
 

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtOrd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Message;
@@ -130,6 +130,8 @@ pub(crate) struct SocketEntry {
     pub flags: Value,
     /// Cancelling this cuts the TCP connection.
     pub kill: CancellationToken,
+    /// Frames queued but not yet written (see [`Shared::flush`]).
+    pub queued: Arc<AtomicUsize>,
 }
 
 /// Everything guarded by the one state lock. Never held across an `.await`.
@@ -170,11 +172,13 @@ impl Inner {
         match sid {
             None => {
                 for s in self.sockets.values() {
+                    s.queued.fetch_add(1, AtOrd::SeqCst);
                     let _ = s.tx.send(msg.clone());
                 }
             }
             Some(sid) => {
                 if let Some(s) = self.sockets.get(sid) {
+                    s.queued.fetch_add(1, AtOrd::SeqCst);
                     let _ = s.tx.send(msg);
                 }
             }
@@ -254,6 +258,23 @@ impl Shared {
         self.drop_websockets();
         self.unhang.notify_waiters();
         self.wake.notify_waiters();
+    }
+
+    /// Waits (briefly) until every socket wrote what was queued for it, so that a fault that fires
+    /// now happens after the client saw the messages sent before it.
+    pub async fn flush(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            let busy = self
+                .lock()
+                .sockets
+                .values()
+                .any(|s| s.queued.load(AtOrd::SeqCst) > 0);
+            if !busy || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Waits while `pred(faults)` holds (a hang), until it clears or the sim dies.

@@ -1,7 +1,7 @@
 //! `/ws?clientId=`: the event socket, as ComfyUI's `websocket_handler`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -33,6 +33,7 @@ pub(crate) async fn handler(
 async fn serve(shared: Arc<Shared>, socket: WebSocket, sid: String, conn: ConnMeta) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let queued = Arc::new(AtomicUsize::new(0));
     {
         let mut inner = shared.lock();
         // A socket with the same id is dropped from the registry (not closed), as ComfyUI does.
@@ -43,6 +44,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, sid: String, conn: ConnMe
                 tx: tx.clone(),
                 flags: json!({}),
                 kill: conn.kill.clone(),
+                queued: queued.clone(),
             },
         );
         let status = json!({"status": inner.queue_info(), "sid": sid});
@@ -64,7 +66,10 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, sid: String, conn: ConnMe
         while let Some(msg) = rx.recv().await {
             // hang_ws holds frames back (in order) until it clears.
             writer_shared.wait_while(|f| f.hang_ws).await;
-            if sink.send(msg).await.is_err() {
+            let res = sink.send(msg).await;
+            // Frames sent directly (the first status) were not counted.
+            let _ = queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| q.checked_sub(1));
+            if res.is_err() {
                 break;
             }
         }

@@ -1,1 +1,151 @@
-//! gateway
+//! The gateway: an axum application that looks like one ComfyUI server to headless clients.
+//!
+//! It authenticates every request ([`auth::Authenticator`]), validates graphs against the node
+//! catalogue the pool's workers publish, queues jobs in Redis with one round trip, answers the
+//! caller's own queue/history/files, and runs the `/ws` hub that forwards each user's events from
+//! Redis pub/sub. Gateways keep no state a request depends on: any replica serves any request.
+//!
+//! ```ignore
+//! let gw = Gateway::new(store, files, jwt_keys, GatewayConfig::default()).await?;
+//! let listener = tokio::net::TcpListener::bind(gw.config().listen).await?;
+//! gw.serve(listener, shutdown_signal()).await?;
+//! ```
+
+pub mod auth;
+mod body;
+mod config;
+mod error;
+pub mod hub;
+mod info;
+mod jobs;
+mod pool_view;
+mod prompt;
+mod queue;
+mod routes;
+mod state;
+mod view;
+mod ws;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub use crate::auth::{AuthError, AuthInfo, Authenticator, JwtAuthenticator};
+pub use config::GatewayConfig;
+pub use error::{ApiError, GatewayError};
+pub use hub::{Hub, HubConfig, HubStats};
+pub use pool_view::{PoolView, PoolViewCache};
+
+use state::AppState;
+
+/// One gateway replica.
+pub struct Gateway {
+    state: Arc<AppState>,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl Gateway {
+    /// A gateway that verifies HS256 session JWTs with `jwt`.
+    pub async fn new(
+        store: store::Store,
+        files: files::FileStore,
+        jwt: ::auth::JwtKeys,
+        config: GatewayConfig,
+    ) -> Result<Gateway, GatewayError> {
+        Self::with_authenticator(store, files, Arc::new(JwtAuthenticator::new(jwt)), config).await
+    }
+
+    /// A gateway with any [`Authenticator`] (API tokens, revocation, user look-ups ...).
+    pub async fn with_authenticator(
+        store: store::Store,
+        files: files::FileStore,
+        authenticator: Arc<dyn Authenticator>,
+        config: GatewayConfig,
+    ) -> Result<Gateway, GatewayError> {
+        config.validate().map_err(GatewayError::Config)?;
+        error::set_retry_after(config.retry_after_secs);
+        let pool = config.primary_pool().to_owned();
+        let pool_view = Arc::new(PoolViewCache::new(store.clone(), pool.clone()));
+        // A first look now; failures are not fatal (Redis may come up later).
+        match tokio::time::timeout(config.redis_timeout, pool_view.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "initial catalogue read failed"),
+            Err(_) => tracing::warn!("initial catalogue read timed out"),
+        }
+        let refresher = tokio::spawn(pool_view.clone().run(config.catalog_refresh));
+        let features = state::features_doc(config.max_request_bytes);
+        let hub = Hub::start(
+            store.clone(),
+            HubConfig {
+                pool,
+                send_queue: config.ws_send_queue,
+                ping_interval: config.ws_ping_interval,
+                close_timeout: config.ws_close_timeout,
+                redis_timeout: config.redis_timeout,
+                features: features.clone(),
+            },
+        );
+        let state = Arc::new(AppState {
+            config,
+            store,
+            files,
+            auth: authenticator,
+            pool_view,
+            hub,
+            draining: Default::default(),
+            features,
+        });
+        Ok(Gateway { state, refresher })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.state.config
+    }
+
+    /// The `/ws` hub (counters, closing a user's sockets).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.state.hub.clone()
+    }
+
+    /// The cached pool information (catalogue, models, system stats).
+    pub fn pool_view(&self) -> Arc<PoolViewCache> {
+        self.state.pool_view.clone()
+    }
+
+    /// Every route, ready to serve.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` fails first, after
+    /// `drain_delay` every socket is closed with 1001 and in-flight requests finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let app = self.router();
+        let drain = async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::Relaxed);
+            tracing::info!("draining: readiness now fails");
+            if !state.config.drain_delay.is_zero() {
+                tokio::time::sleep(state.config.drain_delay).await;
+            }
+            state.hub.close_all(hub::CLOSE_GOING_AWAY);
+        };
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(drain)
+            .await;
+        drop(self);
+        result
+    }
+}

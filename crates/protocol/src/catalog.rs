@@ -593,31 +593,16 @@ impl Catalog {
         Value::Object(m)
     }
 
-    /// Model files by folder, guessed from the combo inputs of the loader nodes
-    /// (`ckpt_name` → `checkpoints`, `lora_name` → `loras`, ...). Only folders with a known input
-    /// name are listed.
+    /// Model files by folder, read from the combo inputs of the loader nodes
+    /// (`ckpt_name` → `checkpoints`, `lora_name` → `loras`, ... see [`MODEL_INPUTS`]).
     pub fn model_files(&self) -> BTreeMap<String, Vec<String>> {
-        const FOLDERS: &[(&str, &str)] = &[
-            ("ckpt_name", "checkpoints"),
-            ("lora_name", "loras"),
-            ("vae_name", "vae"),
-            ("control_net_name", "controlnet"),
-            ("unet_name", "diffusion_models"),
-            ("clip_name", "text_encoders"),
-            ("clip_name1", "text_encoders"),
-            ("clip_name2", "text_encoders"),
-            ("upscale_model_name", "upscale_models"),
-            ("style_model_name", "style_models"),
-            ("gligen_name", "gligen"),
-            ("hypernetwork_name", "hypernetworks"),
-        ];
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in &self.order {
             let Some(c) = self.classes.get(name) else {
                 continue;
             };
             for i in &c.inputs {
-                let Some((_, folder)) = FOLDERS.iter().find(|(n, _)| *n == i.name) else {
+                let Some(folder) = model_folder(&i.name) else {
                     continue;
                 };
                 if let InputKind::Combo { options, .. } = &i.kind {
@@ -632,6 +617,113 @@ impl Catalog {
         }
         out
     }
+
+    /// Replaces the options of a dropdown input (parsed spec and raw JSON alike). False when the
+    /// class or input does not exist or is not a dropdown.
+    pub fn set_combo_options(&mut self, class: &str, input: &str, new_options: Vec<Value>) -> bool {
+        let Some(arc) = self.classes.get_mut(class) else {
+            return false;
+        };
+        let info = Arc::make_mut(arc);
+        let Some(def) = info.inputs.iter_mut().find(|i| i.name == input) else {
+            return false;
+        };
+        let section = match def.category {
+            InputCategory::Required => "required",
+            InputCategory::Optional => "optional",
+            InputCategory::Hidden => return false,
+        };
+        let legacy = match &mut def.kind {
+            InputKind::Combo {
+                options,
+                legacy_list,
+            } => {
+                *options = new_options.clone();
+                *legacy_list
+            }
+            _ => return false,
+        };
+        if legacy {
+            if let Some(Value::Array(cfg)) = Some(&mut def.input_config) {
+                if let Some(first) = cfg.first_mut() {
+                    *first = Value::Array(new_options.clone());
+                }
+            }
+            if let Some(spec) = info.raw.pointer_mut(&format!(
+                "/input/{section}/{}/0",
+                json_pointer_escape(input)
+            )) {
+                *spec = Value::Array(new_options);
+            }
+        } else {
+            def.options
+                .insert("options".into(), Value::Array(new_options.clone()));
+            if let Value::Array(cfg) = &mut def.input_config {
+                if let Some(Value::Object(o)) = cfg.get_mut(1) {
+                    o.insert("options".into(), Value::Array(new_options.clone()));
+                }
+            }
+            if let Some(Value::Object(o)) = info.raw.pointer_mut(&format!(
+                "/input/{section}/{}/1",
+                json_pointer_escape(input)
+            )) {
+                o.insert("options".into(), Value::Array(new_options));
+            }
+        }
+        true
+    }
+
+    /// Sets the file list of model folder `folder` on every loader input that takes it (see
+    /// [`MODEL_INPUTS`]). Returns how many inputs changed.
+    pub fn set_model_files(&mut self, folder: &str, files: &[String]) -> usize {
+        let targets: Vec<(String, String)> = self
+            .order
+            .iter()
+            .filter_map(|c| self.classes.get(c))
+            .flat_map(|c| {
+                c.inputs
+                    .iter()
+                    .filter(|i| model_folder(&i.name) == Some(folder))
+                    .filter(|i| matches!(i.kind, InputKind::Combo { .. }))
+                    .map(|i| (c.name.clone(), i.name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let opts: Vec<Value> = files.iter().map(|f| Value::String(f.clone())).collect();
+        targets
+            .iter()
+            .filter(|(c, i)| self.set_combo_options(c, i, opts.clone()))
+            .count()
+    }
+}
+
+/// Loader inputs that list the files of a model folder: `(input name, folder)`.
+pub const MODEL_INPUTS: &[(&str, &str)] = &[
+    ("ckpt_name", "checkpoints"),
+    ("lora_name", "loras"),
+    ("vae_name", "vae"),
+    ("control_net_name", "controlnet"),
+    ("unet_name", "diffusion_models"),
+    ("clip_name", "text_encoders"),
+    ("clip_name1", "text_encoders"),
+    ("clip_name2", "text_encoders"),
+    ("clip_name3", "text_encoders"),
+    ("upscale_model_name", "upscale_models"),
+    ("style_model_name", "style_models"),
+    ("gligen_name", "gligen"),
+    ("hypernetwork_name", "hypernetworks"),
+    ("config_name", "configs"),
+];
+
+fn model_folder(input: &str) -> Option<&'static str> {
+    MODEL_INPUTS
+        .iter()
+        .find(|(n, _)| *n == input)
+        .map(|(_, f)| *f)
+}
+
+fn json_pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]
@@ -738,6 +830,29 @@ mod tests {
         assert_eq!(py_float_repr(1e16), "1e+16");
         assert_eq!(py_float_repr(-2.5), "-2.5");
         assert_eq!(py_float_repr(123456789.0), "123456789.0");
+    }
+
+    #[test]
+    fn model_lists_can_be_set() {
+        let Some(mut c) = real() else {
+            panic!("catalogue missing");
+        };
+        assert!(c
+            .model_files()
+            .get("checkpoints")
+            .is_some_and(|l| l.is_empty()));
+        let n = c.set_model_files("checkpoints", &["sd15.safetensors".to_string()]);
+        assert!(n >= 2, "CheckpointLoaderSimple and friends: {n}");
+        assert_eq!(c.model_files()["checkpoints"], ["sd15.safetensors"]);
+        let cls = c.class("CheckpointLoaderSimple").expect("class");
+        assert_eq!(
+            cls.raw["input"]["required"]["ckpt_name"][0],
+            serde_json::json!(["sd15.safetensors"])
+        );
+        assert_eq!(
+            cls.input("ckpt_name").map(|i| i.input_config[0].clone()),
+            Some(serde_json::json!(["sd15.safetensors"]))
+        );
     }
 
     #[test]

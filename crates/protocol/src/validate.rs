@@ -122,8 +122,8 @@ impl<'de> Deserialize<'de> for NodeErrors {
 /// ComfyUI's 400 body for `POST /prompt`: `{"error": {...}, "node_errors": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub struct PromptError {
-    /// The top-level error.
-    pub error: ErrorObject,
+    /// The top-level error (boxed to keep `Result<_, PromptError>` small).
+    pub error: Box<ErrorObject>,
     /// Per-node errors (empty for `no_prompt`, `invalid_prompt`, `prompt_no_outputs`, ...).
     pub node_errors: NodeErrors,
 }
@@ -142,7 +142,7 @@ impl PromptError {
     /// A top-level error without node errors.
     pub fn new(kind: &str, message: &str, details: &str) -> Self {
         PromptError {
-            error: ErrorObject::new(kind, message, details),
+            error: Box::new(ErrorObject::new(kind, message, details)),
             node_errors: NodeErrors::default(),
         }
     }
@@ -760,8 +760,6 @@ fn frame_sub(
 }
 
 /// Validates `prompt` against `catalog` the way ComfyUI 0.3.64 does on `POST /prompt`.
-// The error is the whole 400 body; it is built once per rejected request, so its size is fine.
-#[allow(clippy::result_large_err)]
 pub fn validate(
     prompt: &Map<String, Value>,
     catalog: &Catalog,
@@ -861,11 +859,11 @@ pub fn validate(
             .flat_map(|(_, errs)| errs.iter().map(|e| format!("{}: {}", e.message, e.details)))
             .collect();
         return Err(PromptError {
-            error: ErrorObject::new(
+            error: Box::new(ErrorObject::new(
                 "prompt_outputs_failed_validation",
                 "Prompt outputs failed validation",
                 details.join("\n"),
-            ),
+            )),
             node_errors,
         });
     }

@@ -13,11 +13,26 @@
 //! | `<p>:{<pool>}:running:<uid>` | set | the user's running prompt ids |
 //! | `<p>:{<pool>}:runners` | zset | `<uid>:<pid>` of every running job, scored by start time |
 //! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
+//! | `<p>:{<pool>}:dead` | stream | dead letters: jobs that ran out of attempts |
 //! | `<p>:{<pool>}:hist:<uid>` | zset | the user's finished prompt ids, scored by completion order |
 //! | `<p>:{<pool>}:hseq` | string | completion-order counter |
 //! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
 //! | `<p>:{<pool>}:backends` | hash | backend id → JSON `BackendInfo` published by its worker |
 //! | `<p>:{<pool>}:objinfo:<sha256>` | string | a backend's `/object_info` JSON, content-addressed |
+//!
+//!
+//! Accounts (one slot, tag `{accounts}`; see `accounts.rs`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<p>:{accounts}:user:<name>` | hash | id, username, role, argon2 hash, sfw_check, disabled, limits |
+//! | `<p>:{accounts}:uid:<id>` | string | user id → name |
+//! | `<p>:{accounts}:users` | zset | every user name, by creation time |
+//! | `<p>:{accounts}:token:<sha256>` | hash | an API token: owner, label, created, expires, last_used |
+//! | `<p>:{accounts}:tokens:<uid>` | set | the user's API token hashes |
+//! | `<p>:{accounts}:session:<jti>` | hash | a session JWT: owner, created, last_used, expires, revoked |
+//! | `<p>:{accounts}:sessions:<uid>` | zset | the user's session ids by creation |
+//! | `<p>:{accounts}:loginfail:<subject>` | string | failed logins of a name or address (expires) |
 //!
 //! | channel | what |
 //! | --- | --- |
@@ -88,6 +103,11 @@ impl Keys {
         format!("{}:leases", self.pool_base(pool))
     }
 
+    /// Dead letters of a pool.
+    pub fn dead(&self, pool: &str) -> String {
+        format!("{}:dead", self.pool_base(pool))
+    }
+
     /// A user's history index.
     pub fn history(&self, pool: &str, uid: &str) -> String {
         format!("{}:hist:{}", self.pool_base(pool), uid)
@@ -132,6 +152,50 @@ impl Keys {
     pub fn control(&self, pool: &str) -> String {
         format!("{}:ctl", self.pool_base(pool))
     }
+
+    fn account(&self, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{{accounts}}:{}", self.prefix, rest)
+    }
+
+    /// A user record.
+    pub fn user(&self, name: &str) -> String {
+        self.account(format_args!("user:{name}"))
+    }
+
+    /// User id → name.
+    pub fn user_id(&self, id: &str) -> String {
+        self.account(format_args!("uid:{id}"))
+    }
+
+    /// Every user name.
+    pub fn users(&self) -> String {
+        self.account(format_args!("users"))
+    }
+
+    /// An API token record, by hash.
+    pub fn api_token(&self, sha256: &str) -> String {
+        self.account(format_args!("token:{sha256}"))
+    }
+
+    /// A user's API token hashes.
+    pub fn api_tokens(&self, uid: &str) -> String {
+        self.account(format_args!("tokens:{uid}"))
+    }
+
+    /// A session record, by JWT id.
+    pub fn session(&self, jti: &str) -> String {
+        self.account(format_args!("session:{jti}"))
+    }
+
+    /// A user's session ids.
+    pub fn sessions(&self, uid: &str) -> String {
+        self.account(format_args!("sessions:{uid}"))
+    }
+
+    /// Failed-login counter of a name or address.
+    pub fn login_failures(&self, subject: &str) -> String {
+        self.account(format_args!("loginfail:{subject}"))
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +213,7 @@ mod tests {
             k.running("gpu", "u1"),
             k.runners("gpu"),
             k.leases("gpu"),
+            k.dead("gpu"),
             k.history("gpu", "u1"),
             k.history_seq("gpu"),
             k.idempotency("gpu", "u1", "k"),

@@ -4,10 +4,12 @@
 
 pub mod keys;
 
+mod accounts;
 mod bus;
 mod error;
 mod jobs;
 mod queue;
+mod reclaim;
 mod registry;
 mod scripts;
 #[cfg(feature = "test-support")]
@@ -19,6 +21,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+pub use accounts::{ApiTokenInfo, CreateUser, NewUser, SessionInfo, User};
 pub use bus::{ControlMessage, ControlSubscriber, EventStream, EventSubscriber, Subscriptions};
 pub use error::StoreError;
 pub use jobs::{JobRecord, JobState};
@@ -26,6 +29,7 @@ pub use keys::Keys;
 pub use queue::{
     Finish, Heartbeat, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState,
 };
+pub use reclaim::{DeadLetter, Reclaimed};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
 
 /// How to reach Redis and how much to keep there.

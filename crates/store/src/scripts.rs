@@ -10,6 +10,8 @@ pub(crate) struct Scripts {
     pub cancel: Script,
     pub release: Script,
     pub heartbeat: Script,
+    pub reclaim: Script,
+    pub retry: Script,
 }
 
 impl Scripts {
@@ -21,6 +23,8 @@ impl Scripts {
             cancel: Script::new(include_str!("lua/cancel.lua")),
             release: Script::new(include_str!("lua/release.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            reclaim: Script::new(include_str!("lua/reclaim.lua")),
+            retry: Script::new(include_str!("lua/retry.lua")),
         }
     }
 }

@@ -199,3 +199,77 @@ async fn release_puts_a_job_back_and_heartbeat_sees_loss() {
     assert!(!s.finish(&l, &fin).await.unwrap());
     assert!(s.finish(&again, &fin).await.unwrap());
 }
+
+#[tokio::test]
+async fn expired_leases_are_requeued_then_dead_lettered() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    s.submit(&job("u1", "a", false)).await.unwrap();
+    let (subs, mut events) = s.event_subscriber().await.unwrap().split(&s);
+    subs.subscribe("u1").await.unwrap();
+    let mut last = None;
+    for attempt in 1..=2 {
+        let l = s.claim("default", "w-dead", "b1").await.unwrap().unwrap();
+        assert_eq!(l.attempt, attempt);
+        // A live lease is not taken over.
+        let none = s
+            .reclaim_expired("default", "w2/x", Duration::from_secs(60), 2)
+            .await
+            .unwrap();
+        assert_eq!(none, store::Reclaimed::default());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let got = s
+            .reclaim_expired("default", "w2/x", Duration::from_millis(10), 2)
+            .await
+            .unwrap();
+        if attempt == 1 {
+            assert_eq!(got.requeued, 1);
+        } else {
+            assert_eq!(got.dead, 1);
+        }
+        last = Some(l);
+    }
+    // The presumed-dead worker wakes up: it cannot finish the job any more.
+    let fin = Finish {
+        state: TerminalState::Success,
+        history_json: "{}".into(),
+        terminal_message_json: String::new(),
+    };
+    assert!(!s.finish(&last.unwrap(), &fin).await.unwrap());
+    let rec = s.job("default", "u1", "a").await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Error);
+    let h: serde_json::Value = serde_json::from_str(&rec.history_json.unwrap()).unwrap();
+    assert_eq!(h["status"]["status_str"], "error");
+    assert_eq!(h["status"]["messages"][2][0], "execution_error");
+    assert_eq!(
+        h["status"]["messages"][2][1]["executed"],
+        serde_json::json!([])
+    );
+    assert_eq!(h["prompt"][1], "a");
+    let dead = s.dead_letters("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].prompt_id, "a");
+    assert_eq!(dead[0].attempts, 2);
+    // The owner's socket was told: execution_error, status, executing null.
+    let mut types = Vec::new();
+    while types.len() < 3 {
+        let (_, raw) = tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let Payload::Text(t) = Envelope::decode(&raw).unwrap().payload else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+        if v["type"] != "status" || types.last().is_some_and(|t| t == "execution_error") {
+            types.push(v["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(types, vec!["execution_error", "status", "executing"]);
+    // An operator retries it: it runs again.
+    let again = s.retry_dead("default", &dead[0].id).await.unwrap();
+    assert_eq!(again, Some(("u1".into(), "a".into())));
+    assert!(s.dead_letters("default", 10).await.unwrap().is_empty());
+    let l = s.claim("default", "w3", "b1").await.unwrap().unwrap();
+    assert_eq!((l.prompt_id.as_str(), l.attempt), ("a", 1));
+}

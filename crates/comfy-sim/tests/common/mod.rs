@@ -233,7 +233,7 @@ pub fn same_shape(expected: &Value, actual: &Value, path: &str) -> Result<()> {
             Ok(())
         }
         (Value::Array(e), Value::Array(a)) => {
-            if path.ends_with(".traceback") {
+            if path.ends_with(".traceback") || path.ends_with(".argv") {
                 return if a.iter().all(Value::is_string) {
                     Ok(())
                 } else {

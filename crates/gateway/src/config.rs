@@ -1,0 +1,99 @@
+//! The gateway's configuration (section `gateway` of the broker's config file).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a gateway replica can be told. Unknown keys are rejected; every field has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Pools this gateway serves; jobs go to the first one for now, and catalogue, models and
+    /// system stats come from it.
+    pub pools: Vec<String>,
+    /// Limit of every request body (ComfyUI's `--max-upload-size`, also advertised in
+    /// `/features`); over it → 413.
+    pub max_request_bytes: u64,
+    /// Limit of a `POST /prompt` body; over it → 413.
+    pub max_prompt_bytes: u64,
+    /// Frames queued per WebSocket before previews are dropped and other frames close the
+    /// socket with 1013.
+    pub ws_send_queue: usize,
+    /// Idle sockets get a ping this often.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// Largest message a client may send on `/ws` (it only ever sends `feature_flags`).
+    pub ws_max_incoming_bytes: usize,
+    /// How long a socket being closed (1013, 1001) may take to accept its close frame.
+    #[serde(with = "humantime_serde")]
+    pub ws_close_timeout: Duration,
+    /// How often the pool's node catalogue, models and system stats are re-read from Redis.
+    #[serde(with = "humantime_serde")]
+    pub catalog_refresh: Duration,
+    /// Origins allowed to open `/ws` with only the `jwt_token` cookie (besides the request's own
+    /// host). Token carriers a browser does not send by itself (Bearer, query) are not checked.
+    pub allowed_origins: Vec<String>,
+    /// Where browsers without a valid token are redirected.
+    pub login_path: String,
+    /// Upper bound of any one Redis operation made for a request (a Redis outage answers 503
+    /// after at most this long, never hangs).
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// `Retry-After` seconds sent with 503 and 429 answers.
+    pub retry_after_secs: u64,
+    /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
+    /// (time for load balancers to notice).
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8190)),
+            pools: vec!["default".into()],
+            max_request_bytes: 100 * 1024 * 1024,
+            max_prompt_bytes: 10 * 1024 * 1024,
+            ws_send_queue: 256,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_max_incoming_bytes: 64 * 1024,
+            ws_close_timeout: Duration::from_secs(5),
+            catalog_refresh: Duration::from_secs(1),
+            allowed_origins: Vec::new(),
+            login_path: "/login".into(),
+            redis_timeout: Duration::from_secs(5),
+            retry_after_secs: 2,
+            drain_delay: Duration::from_secs(0),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The pool new jobs go to.
+    pub fn primary_pool(&self) -> &str {
+        self.pools.first().map(String::as_str).unwrap_or("default")
+    }
+
+    /// Checks the values make sense (called by [`crate::Gateway::new`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pools.is_empty() {
+            return Err("gateway.pools must name at least one pool".into());
+        }
+        if self.ws_send_queue == 0 {
+            return Err("gateway.ws_send_queue must be at least 1".into());
+        }
+        if self.max_prompt_bytes == 0 || self.max_request_bytes == 0 {
+            return Err("gateway body limits must be positive".into());
+        }
+        if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
+            return Err("gateway intervals must be positive".into());
+        }
+        if !self.login_path.starts_with('/') {
+            return Err("gateway.login_path must start with '/'".into());
+        }
+        Ok(())
+    }
+}

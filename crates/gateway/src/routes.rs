@@ -1,0 +1,122 @@
+//! Every route of the gateway, in one list. Each ComfyUI route is served at its own path and
+//! under `/api` (as ComfyUI registers them); the jobs API lives only under `/api/jobs`.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::require_auth;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{info, jobs, prompt, queue, view, ws};
+
+/// Adds `path` and `/api{path}`.
+fn both(
+    router: Router<Arc<AppState>>,
+    path: &str,
+    route: MethodRouter<Arc<AppState>>,
+) -> Router<Arc<AppState>> {
+    router
+        .route(path, route.clone())
+        .route(&format!("/api{path}"), route)
+}
+
+/// The whole application.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let mut authed: Router<Arc<AppState>> = Router::new();
+    authed = both(
+        authed,
+        "/prompt",
+        get(queue::get_prompt)
+            .post(prompt::post_prompt)
+            .put(prompt::post_prompt),
+    );
+    authed = both(
+        authed,
+        "/queue",
+        get(queue::get_queue).post(queue::post_queue),
+    );
+    authed = both(authed, "/interrupt", post(queue::post_interrupt));
+    authed = both(
+        authed,
+        "/history",
+        get(queue::get_history).post(queue::post_history),
+    );
+    authed = both(authed, "/history/{prompt_id}", get(queue::get_history_one));
+    authed = both(authed, "/view", get(view::view));
+    authed = both(authed, "/object_info", get(info::object_info));
+    authed = both(authed, "/object_info/{class}", get(info::object_info_class));
+    authed = both(authed, "/system_stats", get(info::system_stats));
+    authed = both(authed, "/models", get(info::models));
+    authed = both(authed, "/models/{folder}", get(info::models_folder));
+    authed = both(authed, "/embeddings", get(info::embeddings));
+    authed = both(authed, "/features", get(info::features));
+    authed = both(authed, "/ws", get(ws::ws_upgrade));
+    authed = authed
+        .route("/api/jobs", get(jobs::list_jobs))
+        .route("/api/jobs/{job_id}", get(jobs::get_job))
+        .route("/api/jobs/{job_id}/cancel", post(jobs::cancel_job))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+
+    let open: Router<Arc<AppState>> = Router::new()
+        .route("/healthz", get(info::healthz))
+        .route("/readyz", get(info::readyz));
+
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(authed)
+        .merge(open)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(state.config.max_request_bytes).unwrap_or(usize::MAX),
+        ))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let rid = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            // The path only: query strings may carry `token` / `access_token`.
+            tracing::debug_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                request_id = %rid,
+            )
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Refuses bodies whose declared length is over `max_request_bytes` before anything reads them.
+async fn body_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > st.config.max_request_bytes);
+    if too_big {
+        return ApiError::TooLarge(st.config.max_request_bytes).into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found(method: Method) -> Response {
+    let _ = method;
+    ApiError::NotFound("no such route".into()).into_response()
+}

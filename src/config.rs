@@ -1,0 +1,159 @@
+//! The one typed configuration: defaults, overridden by a TOML file (`--config` or
+//! `COMFY_BROKER_CONFIG`), overridden by environment variables `COMFY_BROKER__SECTION__KEY`,
+//! overridden by command-line flags. Unknown keys are rejected; values are checked at start-up.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything a `comfy-broker` process can be told.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis connection and retention (`[redis]`).
+    pub redis: store::StoreConfig,
+    /// Session JWT settings (`[auth]`).
+    pub auth: auth::JwtConfig,
+    /// The HTTP/WebSocket tier (`[gateway]`).
+    pub gateway: gateway::GatewayConfig,
+    /// The backend drivers (`[worker]`).
+    pub worker: worker::WorkerConfig,
+    /// Where outputs and uploads live (`[files]`).
+    pub files: FilesConfig,
+    /// Logging (`[log]`).
+    pub log: LogConfig,
+}
+
+/// The file store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Local directory holding every user's outputs and uploads.
+    pub dir: PathBuf,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            dir: PathBuf::from("./comfy-broker-files"),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info,gateway=debug` (`RUST_LOG` wins when set).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Environment variable prefix of overrides (`COMFY_BROKER__REDIS__URL=...`).
+pub const ENV_PREFIX: &str = "COMFY_BROKER__";
+
+impl Config {
+    /// Loads defaults ← file ← environment, then applies `REDIS_URL` (when the config did not
+    /// set `redis.url` explicitly through `COMFY_BROKER__REDIS__URL`).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("COMFY_BROKER_CONFIG").map(PathBuf::from));
+        if let Some(path) = &file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            if !url.is_empty() {
+                fig = fig.merge(Serialized::default("redis.url", url));
+            }
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let config: Config = fig.extract().context("invalid configuration")?;
+        Ok(config)
+    }
+
+    /// Start-up checks shared by every subcommand.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://")
+            || self.redis.url.starts_with("redis+unix://"))
+        {
+            bail!("redis.url must be a redis://, rediss:// or unix:// URL");
+        }
+        if self.redis.key_prefix.is_empty()
+            || !self
+                .redis
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("redis.key_prefix must be non-empty letters, digits, '-' or '_'");
+        }
+        if self.redis.history_max_items == 0 {
+            bail!("redis.history_max_items must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Checks needed by processes that verify or mint tokens.
+    pub fn validate_auth(&self) -> anyhow::Result<()> {
+        if self.auth.secret.len() < 32 {
+            bail!("auth.secret (COMFY_BROKER__AUTH__SECRET) must be set to at least 32 bytes");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[redis]\nurll = \"redis://x\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("urll"), "{err}");
+        std::fs::write(&p, "[nope]\na = 1\n").unwrap();
+        assert!(Config::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn file_values_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[redis]\nkey_prefix = \"bad prefix\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.redis.key_prefix, "bad prefix");
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! A whole stack of real `comfy-broker` processes for end-to-end tests: a real Redis, simulated
+//! ComfyUI backends (`comfy-broker sim`), workers and gateways, all as child processes.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use store::test_redis::TestRedis;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The JWT secret every test process shares.
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The reference workflow of trace 01.
+pub fn basic_prompt(width: u32, height: u32) -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "test"}}
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_comfy-broker")
+}
+
+/// A running stack.
+pub struct Stack {
+    pub redis: TestRedis,
+    pub files_dir: tempfile::TempDir,
+    pub gateways: Vec<String>,
+    pub backends: Vec<String>,
+    pub procs: Vec<Proc>,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    fn env(&self, cmd: &mut Command) {
+        cmd.env_remove("REDIS_URL")
+            .env("COMFY_BROKER__REDIS__URL", &self.redis.url)
+            .env("COMFY_BROKER__REDIS__KEY_PREFIX", &self.redis.prefix)
+            .env("COMFY_BROKER__AUTH__SECRET", SECRET)
+            .env("COMFY_BROKER__FILES__DIR", self.files_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+    }
+
+    /// Starts `backends` simulated backends, one worker driving them all, and `gateways`
+    /// gateways; returns once every gateway is ready and the pool's catalogue is published.
+    pub async fn start(gateways: usize, backends: usize) -> Stack {
+        let mut s = Stack {
+            redis: TestRedis::start(),
+            files_dir: tempfile::tempdir().unwrap(),
+            gateways: Vec::new(),
+            backends: Vec::new(),
+            procs: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for i in 0..backends {
+            let port = free_port();
+            let mut cmd = Command::new(bin());
+            cmd.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
+            s.env(&mut cmd);
+            s.procs.push(Proc {
+                name: format!("sim{i}"),
+                child: cmd.spawn().unwrap(),
+            });
+            s.backends.push(format!("http://127.0.0.1:{port}"));
+        }
+        for b in s.backends.clone() {
+            wait_http(&format!("{b}/system_stats")).await;
+        }
+        if backends > 0 {
+            s.spawn_worker("w1");
+        }
+        for i in 0..gateways {
+            let port = free_port();
+            let mut cmd = Command::new(bin());
+            cmd.args(["gateway", "--listen", &format!("127.0.0.1:{port}")]);
+            s.env(&mut cmd);
+            s.procs.push(Proc {
+                name: format!("gateway{i}"),
+                child: cmd.spawn().unwrap(),
+            });
+            s.gateways.push(format!("http://127.0.0.1:{port}"));
+        }
+        for g in s.gateways.clone() {
+            wait_http(&format!("{g}/readyz")).await;
+        }
+        if backends > 0 {
+            let t = s.token("probe");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for g in s.gateways.clone() {
+                loop {
+                    let r = s
+                        .http
+                        .get(format!("{g}/object_info/EmptyImage"))
+                        .bearer_auth(&t)
+                        .send()
+                        .await;
+                    if let Ok(r) = r {
+                        if let Ok(v) = r.json::<Value>().await {
+                            if v.get("EmptyImage").is_some() {
+                                break;
+                            }
+                        }
+                    }
+                    assert!(Instant::now() < deadline, "catalogue never published");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        s
+    }
+
+    /// Starts a worker process driving every backend.
+    pub fn spawn_worker(&mut self, id: &str) {
+        let mut cmd = Command::new(bin());
+        cmd.arg("worker");
+        for b in &self.backends {
+            cmd.args(["--backend", b]);
+        }
+        cmd.env("COMFY_BROKER__WORKER__ID", id);
+        self.env(&mut cmd);
+        self.procs.push(Proc {
+            name: id.to_owned(),
+            child: cmd.spawn().unwrap(),
+        });
+    }
+
+    /// A session JWT for `name` with role `user`.
+    pub fn token(&self, name: &str) -> String {
+        self.token_with_role(name, auth::Role::User)
+    }
+
+    pub fn token_with_role(&self, name: &str, role: auth::Role) -> String {
+        let keys = auth::JwtKeys::new(auth::JwtConfig {
+            secret: SECRET.into(),
+            ..auth::JwtConfig::default()
+        })
+        .unwrap();
+        keys.mint(&format!("id-{name}"), name, role, Duration::from_secs(3600))
+            .unwrap()
+            .0
+    }
+
+    pub async fn post_prompt(&self, gw: usize, token: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/prompt", self.gateways[gw]))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, gw: usize, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{}", self.gateways[gw], path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls `/history/{id}` until the entry appears.
+    pub async fn wait_history(&self, gw: usize, token: &str, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.get_json(gw, token, &format!("/history/{id}")).await;
+            if let Some(e) = v.get(id) {
+                return e.clone();
+            }
+            assert!(Instant::now() < deadline, "job {id} never finished");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    pub fn ws_url(&self, gw: usize, client_id: &str, token: &str) -> String {
+        format!(
+            "{}/ws?clientId={client_id}&token={token}",
+            self.gateways[gw].replacen("http", "ws", 1)
+        )
+    }
+}
+
+async fn wait_http(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let c = reqwest::Client::new();
+    loop {
+        if let Ok(r) = c.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// A WebSocket client that records every frame.
+pub struct Ws {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// One received frame.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Json(Value),
+    Binary(Vec<u8>),
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws { stream }
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Next text or binary frame (pings skipped); `None` on close or after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => return Some(Frame::Json(serde_json::from_str(&t).unwrap())),
+                Message::Binary(b) => return Some(Frame::Binary(b.to_vec())),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Collects JSON messages until `executing {node: null, prompt_id}` for `prompt_id`.
+    pub async fn until_done(&mut self, prompt_id: &str) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            match self.next(Duration::from_secs(20)).await {
+                Some(Frame::Json(v)) => {
+                    let done = v["type"] == "executing"
+                        && v["data"]["node"].is_null()
+                        && v["data"]["prompt_id"] == prompt_id;
+                    got.push(v);
+                    if done {
+                        return got;
+                    }
+                }
+                Some(Frame::Binary(_)) => {}
+                None => panic!("socket ended before {prompt_id} finished; got {got:?}"),
+            }
+        }
+    }
+}
+
+pub fn files_root(stack: &Stack) -> PathBuf {
+    stack.files_dir.path().to_path_buf()
+}
