@@ -28,6 +28,7 @@ pub mod faults;
 
 mod exec;
 mod img;
+mod jobs;
 mod net;
 mod nodes;
 mod pyjson;
@@ -155,12 +156,26 @@ impl Shared {
 }
 
 /// A running simulator.
+/// A running simulator. Dropping it stops it abruptly (like [`FaultHandle::crash`]); call
+/// [`SimHandle::shutdown`] for an orderly stop.
 pub struct SimHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: JoinHandle<()>,
-    worker: JoinHandle<()>,
+    server: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<()>>,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.kill.cancel();
+        self.shared.unhang.notify_waiters();
+        self.shared.wake.notify_waiters();
+        if let Some(w) = self.worker.take() {
+            w.abort();
+        }
+    }
 }
 
 impl SimHandle {
@@ -202,7 +217,7 @@ impl SimHandle {
     }
 
     /// Stops the server: open sockets are closed, the running prompt is abandoned.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         self.shared.unhang.notify_waiters();
         self.shared.wake.notify_waiters();
@@ -214,15 +229,20 @@ impl SimHandle {
         })
         .await;
         self.shared.kill.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
-        self.worker.abort();
-        let _ = self.worker.await;
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+            let _ = worker.await;
+        }
     }
 
-    /// Waits until the server task ends (after a crash or shutdown).
-    pub async fn wait(self) {
-        let _ = self.server.await;
-        self.worker.abort();
+    /// Waits until the server task ends (after a crash or a shutdown from elsewhere).
+    pub async fn wait(mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
     }
 }
 
@@ -284,6 +304,7 @@ pub async fn spawn(
             last_node_id: None,
             free_memory: false,
             faults: Faults::default(),
+            create_times: Default::default(),
         }),
         interrupt: AtomicBool::new(false),
         wake: Notify::new(),
@@ -319,8 +340,8 @@ pub async fn spawn(
     Ok(SimHandle {
         addr,
         shared,
-        server,
-        worker,
+        server: Some(server),
+        worker: Some(worker),
         _dirs: dirs,
     })
 }

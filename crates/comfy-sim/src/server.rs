@@ -84,9 +84,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/faults", get(get_faults).post(post_faults))
         .route("/sim/drop_ws", post(sim_drop_ws))
         .route("/sim/crash", post(sim_crash));
+    // The jobs API exists only under /api (and, as in ComfyUI, /api/api).
+    let jobs = Router::new()
+        .route("/jobs", get(crate::jobs::list))
+        .route("/jobs/cancel", post(crate::jobs::cancel_many))
+        .route("/jobs/{job_id}", get(crate::jobs::get))
+        .route("/jobs/{job_id}/cancel", post(crate::jobs::cancel));
     let hung = Router::new()
         .merge(comfy.clone())
-        .nest("/api", comfy)
+        .nest("/api", comfy.merge(jobs.clone()))
+        .nest("/api/api", jobs)
         .layer(middleware::from_fn_with_state(shared.clone(), hang_layer));
     Router::new()
         .merge(hung)
@@ -209,6 +216,11 @@ async fn post_prompt(State(shared): S, body: Bytes) -> Response {
     };
     {
         let mut inner = shared.lock();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        inner.create_times.insert(prompt_id.clone(), now);
         inner.queue.push(item);
         inner.queue_updated();
     }

@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     pub last_node_id: Option<String>,
     pub free_memory: bool,
     pub faults: Faults,
+    /// Enqueue time (ms) per prompt id, for the jobs API (0.3.64 keeps none in extra_data).
+    pub create_times: HashMap<String, i64>,
 }
 
 impl Inner {
@@ -202,6 +204,7 @@ impl Inner {
         if self.history.len() > MAX_HISTORY {
             if let Some(first) = self.history.keys().next().cloned() {
                 self.history.shift_remove(&first);
+                self.create_times.remove(&first);
             }
         }
         self.history.insert(prompt_id, entry);

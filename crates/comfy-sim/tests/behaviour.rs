@@ -501,7 +501,7 @@ async fn queue_order_front_and_number() {
     let sim = sim(SimConfig::default()).await;
     // Hold the worker on a slow first job so the rest stay pending.
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 400)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     let slow = json!({
@@ -790,6 +790,134 @@ async fn interrupt_while_idle_is_discarded() {
         .await
         .expect("done");
     assert!(frames.iter().any(|f| f.kind() == "execution_success"));
+    ws.close();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_api_only_under_api() {
+    let sim = sim(SimConfig::default()).await;
+    sim.faults().set(Faults {
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
+        ..Faults::default()
+    });
+    let slow = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+    });
+    let mut ws = Ws::connect(&sim, "/ws?clientId=j").await.expect("ws");
+    ws.next().await.expect("status");
+    let done = submit(
+        &sim,
+        json!({"prompt": save_graph(4, 4, 7, "job"), "client_id": "j"}),
+    )
+    .await;
+    let done_id = done["prompt_id"].as_str().expect("id").to_string();
+    ws.until_done(&done_id).await.expect("done");
+    let a = submit(&sim, json!({"prompt": slow, "client_id": "j"})).await;
+    let a_id = a["prompt_id"].as_str().expect("id").to_string();
+    let b = submit(&sim, json!({"prompt": save_graph(4, 4, 8, "job")})).await;
+    let b_id = b["prompt_id"].as_str().expect("id").to_string();
+    loop {
+        if let Frame::Text(v) = ws.next().await.expect("frame") {
+            if v["type"] == "executing" && v["data"]["node"] == "2" {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        http(&sim, "GET", "/jobs", None).await.expect("jobs").status,
+        404
+    );
+    let list = http(&sim, "GET", "/api/jobs", None)
+        .await
+        .expect("jobs")
+        .json()
+        .expect("json");
+    let status_of = |id: &str| {
+        list["jobs"]
+            .as_array()
+            .and_then(|j| j.iter().find(|x| x["id"] == id))
+            .map(|x| x["status"].clone())
+    };
+    assert_eq!(status_of(&a_id), Some(json!("in_progress")));
+    assert_eq!(status_of(&b_id), Some(json!("pending")));
+    assert_eq!(status_of(&done_id), Some(json!("completed")));
+    assert_eq!(list["pagination"]["total"], 3);
+    let filtered = http(&sim, "GET", "/api/jobs?status=pending&limit=5", None)
+        .await
+        .expect("jobs")
+        .json()
+        .expect("json");
+    assert_eq!(filtered["jobs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        http(&sim, "GET", "/api/jobs?status=bogus", None)
+            .await
+            .expect("jobs")
+            .status,
+        400
+    );
+    let one = http(&sim, "GET", &format!("/api/jobs/{done_id}"), None)
+        .await
+        .expect("job")
+        .json()
+        .expect("json");
+    assert_eq!(one["outputs_count"], 1);
+    assert_eq!(one["preview_output"]["nodeId"], "2");
+    assert_eq!(one["preview_output"]["mediaType"], "images");
+    assert!(one["execution_status"]["messages"].is_array());
+    let missing = http(
+        &sim,
+        "GET",
+        "/api/jobs/00000000-0000-0000-0000-000000000000",
+        None,
+    )
+    .await
+    .expect("job");
+    assert_eq!(
+        (missing.status, missing.json().expect("json")),
+        (404, json!({"error": "Job not found"}))
+    );
+    // Cancel the pending one (dequeued) and the running one (interrupted).
+    let c = http(&sim, "POST", &format!("/api/jobs/{b_id}/cancel"), None)
+        .await
+        .expect("cancel")
+        .json()
+        .expect("json");
+    assert_eq!(c, json!({"cancelled": true}));
+    let c = post_json(&sim, "/api/jobs/cancel", &json!({"job_ids": [a_id]}))
+        .await
+        .expect("cancel")
+        .json()
+        .expect("json");
+    assert_eq!(c, json!({"cancelled": true}));
+    let frames = ws.until_done(&a_id).await.expect("done");
+    assert!(frames.iter().any(|f| f.kind() == "execution_interrupted"));
+    let a_job = http(&sim, "GET", &format!("/api/jobs/{a_id}"), None)
+        .await
+        .expect("job")
+        .json()
+        .expect("json");
+    assert_eq!(a_job["status"], "cancelled");
+    assert_eq!(
+        http(&sim, "GET", &format!("/api/jobs/{b_id}"), None)
+            .await
+            .expect("job")
+            .status,
+        404
+    );
+    let bad = post_json(&sim, "/api/jobs/cancel", &json!({"job_ids": ["nope"]}))
+        .await
+        .expect("cancel");
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        http(&sim, "GET", "/api/api/jobs", None)
+            .await
+            .expect("jobs")
+            .status,
+        200
+    );
     ws.close();
     sim.shutdown().await;
 }

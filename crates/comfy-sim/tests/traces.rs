@@ -594,7 +594,7 @@ async fn trace_11_execution_error() {
 async fn trace_12_slow_interrupt() {
     let sim = sim(SimConfig::default()).await;
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 300)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     replay(&sim, "12_").await;
@@ -605,7 +605,7 @@ async fn trace_12_slow_interrupt() {
 async fn trace_13_queue_delete_pending() {
     let sim = sim(SimConfig::default()).await;
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 300)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     replay(&sim, "13_").await;
@@ -616,7 +616,7 @@ async fn trace_13_queue_delete_pending() {
 async fn trace_14_queue_clear() {
     let sim = sim(SimConfig::default()).await;
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 300)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 1000)].into(),
         ..Faults::default()
     });
     replay(&sim, "14_").await;
@@ -627,7 +627,7 @@ async fn trace_14_queue_clear() {
 async fn trace_15_ws_reconnect_and_observer() {
     let sim = sim(SimConfig::default()).await;
     sim.faults().set(Faults {
-        class_work_ms: [("ImageBlur".to_string(), 150)].into(),
+        class_work_ms: [("ImageBlur".to_string(), 400)].into(),
         ..Faults::default()
     });
     replay(&sim, "15_").await;

@@ -420,7 +420,8 @@ impl<'a> Ctx<'a> {
             }
             return Ok(None);
         };
-        let input_config = def.input_config.clone();
+        // Cloned only when an error echoes it (combo lists can be long).
+        let input_config = || def.input_config.clone();
 
         if let Value::Array(link) = &val {
             if link.len() != 2 {
@@ -431,7 +432,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -499,7 +500,7 @@ impl<'a> Ctx<'a> {
                         details,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_type", Value::from(received_type))
                     .with("linked_node", val.clone()),
                 );
@@ -545,7 +546,7 @@ impl<'a> Ctx<'a> {
                         format!("{x}, {}, {msg}", py_str(&val)),
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone())
                     .with("exception_message", Value::from(msg)),
                 );
@@ -574,7 +575,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -589,7 +590,7 @@ impl<'a> Ctx<'a> {
                         x,
                     )
                     .with("input_name", Value::from(x))
-                    .with("input_config", input_config)
+                    .with("input_config", input_config())
                     .with("received_value", val.clone()),
                 );
                 return Ok(None);
@@ -614,7 +615,7 @@ impl<'a> Ctx<'a> {
                 let (list_info, cfg) = if options.len() > 20 {
                     (format!("(list of length {})", options.len()), Value::Null)
                 } else {
-                    (py_repr(&Value::Array(options.clone())), input_config)
+                    (py_repr(&Value::Array(options.clone())), input_config())
                 };
                 errors.push(
                     ErrorObject::new(

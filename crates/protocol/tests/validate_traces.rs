@@ -176,3 +176,28 @@ fn trace_10_bad_requests() {
     assert_eq!(PromptError::no_prompt().to_json(), no_prompt.2);
     check_400("10_");
 }
+
+/// Rough speed check (run with `--ignored --nocapture`, ideally in release).
+#[test]
+#[ignore]
+fn validation_throughput() {
+    let mut c = catalog();
+    c.set_model_files("checkpoints", &["sd15.safetensors".to_string()]);
+    let g = json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 20, "cfg": 7, "sampler_name": "euler", "scheduler": "normal", "denoise": 1, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ks"}}
+    });
+    let p = g.as_object().expect("object");
+    let n = 20_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        validate(p, &c, &ValidateOptions::default()).expect("valid");
+    }
+    let dt = t.elapsed();
+    println!("{n} validations in {dt:?}: {:.0}/s", n as f64 / dt.as_secs_f64());
+}
