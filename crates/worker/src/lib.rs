@@ -133,6 +133,11 @@ pub async fn run(
             tx,
             token.clone(),
         ));
+        control_tasks.spawn(control::reclaim(
+            shared.clone(),
+            b.pool.clone(),
+            token.clone(),
+        ));
     }
     let mut backend_tasks = JoinSet::new();
     for (id, b, client) in clients {

@@ -1134,3 +1134,41 @@ async fn cached_reruns_copy_the_earlier_file_into_the_new_job() {
     w.stop().await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dead_workers_job_is_reclaimed_and_run_elsewhere() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        work_ms: Some(300),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let timing = |id: &str, s: &SimHandle| WorkerConfig {
+        id: id.into(),
+        lease_timeout: Duration::from_millis(600),
+        reclaim_interval: Duration::from_millis(100),
+        ..config(&[s])
+    };
+    let w1 = start(&env, timing("w1", &a));
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    // w1 dies without a word: no release, no more heartbeats.
+    w1.task.abort();
+    let _ = w1.task.await;
+    let w2 = start(&env, timing("w2", &b));
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 2);
+    assert_eq!(rec.worker.as_deref(), Some("w2"));
+    w2.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
