@@ -253,8 +253,12 @@ impl BackendRunner {
                     self.set_state(BackendState::Busy);
                     match self.run_job(lease).await {
                         JobEnd::Done => {
-                            self.set_state(BackendState::Healthy);
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            if self.ws.is_none() {
+                                // Reconnect (and health-check) before the next claim.
+                                return;
+                            }
+                            self.set_state(BackendState::Healthy);
                             continue;
                         }
                         JobEnd::BackendDown => {

@@ -84,6 +84,14 @@ async fn heartbeat(
     }
 }
 
+/// Why the graph's input files could not be shipped.
+enum Ship {
+    /// The owner does not have the file (or its name is unusable): the job's fault.
+    Invalid(String),
+    /// The backend failed to take it.
+    Backend(BackendError),
+}
+
 enum Recovery {
     Continue,
     End(JobEnd),
@@ -151,17 +159,25 @@ impl BackendRunner {
         };
         let mut item = item;
         if let Some(prompt) = item.get_mut(2) {
-            if let Err(message) = self.ship_inputs(&lease, prompt).await {
-                tracing::info!("job names an input file it cannot use");
-                let data = error_data(
-                    &lease.prompt_id,
-                    None,
-                    Vec::new(),
-                    "invalid_input_file",
-                    &message,
-                );
-                self.finish(run, "execution_error", data).await;
-                return Some(JobEnd::Done);
+            match self.ship_inputs(&lease, prompt).await {
+                Ok(()) => {}
+                Err(Ship::Backend(e)) => {
+                    tracing::warn!(error = %e, "shipping an input to the backend failed");
+                    self.give_back(run, &e.to_string(), false).await;
+                    return Some(JobEnd::BackendDown);
+                }
+                Err(Ship::Invalid(message)) => {
+                    tracing::info!("job names an input file it cannot use");
+                    let data = error_data(
+                        &lease.prompt_id,
+                        None,
+                        Vec::new(),
+                        "invalid_input_file",
+                        &message,
+                    );
+                    self.finish(run, "execution_error", data).await;
+                    return Some(JobEnd::Done);
+                }
             }
         }
         let body = backend_request(
@@ -217,7 +233,7 @@ impl BackendRunner {
     /// the backend under `_broker/<user>/...` and points the inputs there. A file the owner
     /// does not have ends the job: a backend's own files (other users' outputs, its input
     /// folder) are never reachable through the broker.
-    async fn ship_inputs(&self, lease: &Lease, prompt: &mut Value) -> Result<(), String> {
+    async fn ship_inputs(&self, lease: &Lease, prompt: &mut Value) -> Result<(), Ship> {
         let Some(catalog) = self.catalog.clone() else {
             return Ok(());
         };
@@ -228,22 +244,24 @@ impl BackendRunner {
                 format!("{}/{}", f.subfolder, f.filename)
             };
             let invalid = || format!("{} - Invalid file: {shown}{}", f.input, f.annotation);
-            let kind = FileKind::parse(f.kind).ok_or_else(invalid)?;
+            let kind = FileKind::parse(f.kind).ok_or_else(|| Ship::Invalid(invalid()))?;
             let key = FileKey::new(&lease.user_id, kind, &f.subfolder, &f.filename)
-                .map_err(|_| invalid())?;
+                .map_err(|_| Ship::Invalid(invalid()))?;
             let data = match self.shared.files.read(&key).await {
                 Ok(d) => d,
-                Err(files::FilesError::NotFound) => return Err(invalid()),
-                Err(e) => return Err(format!("{} - could not read {shown}: {e}", f.input)),
+                Err(files::FilesError::NotFound) => return Err(Ship::Invalid(invalid())),
+                Err(e) => {
+                    return Err(Ship::Invalid(format!(
+                        "{} - could not read {shown}: {e}",
+                        f.input
+                    )))
+                }
             };
             let sub = shipped_subfolder(&lease.user_id, &f.subfolder);
-            if let Err(e) = self.client.upload(f.kind, &sub, &f.filename, data).await {
-                tracing::warn!(error = %e, "shipping an input to the backend failed");
-                return Err(format!(
-                    "{} - could not send {shown} to the backend",
-                    f.input
-                ));
-            }
+            self.client
+                .upload(f.kind, &sub, &f.filename, data)
+                .await
+                .map_err(Ship::Backend)?;
             let value = format!("{sub}/{}{}", f.filename, f.annotation);
             if let Some(slot) = prompt
                 .get_mut(&f.node)
@@ -297,6 +315,7 @@ impl BackendRunner {
                 Ev::Signal(None) => {}
                 Ev::Stop => {
                     tracing::info!("shutting down: interrupting the job and giving it back");
+                    let _ = self.client.delete_pending(&run.backend_pid).await;
                     let _ = self.client.interrupt(&run.backend_pid).await;
                     self.publisher.flush().await;
                     match self.shared.store.release(&run.lease, false).await {
