@@ -1172,3 +1172,86 @@ async fn a_dead_workers_job_is_reclaimed_and_run_elsewhere() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Against a real ComfyUI: `COMFYUI_URL=http://127.0.0.1:8188 cargo test -p worker --test worker
+/// -- --ignored real_comfyui`. Runs trace 01's workflow (with a fresh colour, so nothing is
+/// cached) and a refused graph through the worker.
+#[tokio::test]
+#[ignore = "needs a real ComfyUI at COMFYUI_URL"]
+async fn real_comfyui_runs_trace_01_through_the_worker() {
+    let Ok(url) = std::env::var("COMFYUI_URL") else {
+        panic!("set COMFYUI_URL");
+    };
+    let env = env().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let cfg = WorkerConfig {
+        id: "w-real".into(),
+        backends: vec![BackendConfig {
+            id: Some("real".into()),
+            ..BackendConfig::new(url)
+        }],
+        ..config(&[])
+    };
+    let w = start(&env, cfg);
+    let color = u64::from(uuid_color());
+    let mut prompt = basic_save(color);
+    prompt["2"]["inputs"]["filename_prefix"] = json!("broker_check");
+    let job = new_job("u1", Some("c1"), &prompt, &["2"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let expected: Vec<String> = load_trace("01_")
+        .iter()
+        .filter(|e| e["kind"] == "ws_recv")
+        .skip(1)
+        .map(|e| e["msg"]["type"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(got.iter().map(Got::kind).collect::<Vec<_>>(), expected);
+    let executed = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "executed")
+        .expect("executed");
+    let item = &executed["data"]["output"]["images"][0];
+    assert_eq!(item["subfolder"], pid.as_str());
+    let img = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &pid,
+        item["filename"].as_str().expect("filename"),
+    )
+    .await;
+    assert_eq!(img.dimensions(), (64, 64));
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(
+        h["meta"]["2"],
+        json!({"node_id": "2", "display_node": "2", "parent_node": null, "real_node_id": "2"})
+    );
+
+    let bad = new_job(
+        "u1",
+        Some("c1"),
+        &json!({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}),
+        &["1"],
+    );
+    submit(&env.store, &bad).await;
+    let got = until_end_marker(&mut events, &bad.prompt_id).await;
+    let err = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_error")
+        .expect("execution_error");
+    assert_eq!(
+        err["data"]["exception_type"],
+        "prompt_outputs_failed_validation"
+    );
+    w.stop().await;
+}
+
+fn uuid_color() -> u32 {
+    let id = protocol::ids::new_prompt_id();
+    u32::from_str_radix(&id[..6], 16).unwrap_or(0x123456)
+}
