@@ -142,7 +142,7 @@ impl BackendRunner {
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
-        // Closing the registry channel removes the backend from the registry.
+        // Closing the registry channel marks the backend unhealthy in the registry.
         let (closed, _) = mpsc::unbounded_channel();
         self.reg = closed;
         if let Some(task) = self.registry_task.take() {
@@ -323,7 +323,7 @@ impl BackendRunner {
     }
 }
 
-/// Keeps the backend's registry entry current; removes it when the runner is gone.
+/// Keeps the backend's registry entry current; marks it unhealthy when the runner is gone.
 async fn registry(
     shared: Arc<Shared>,
     mut info: BackendInfo,
@@ -375,7 +375,11 @@ async fn registry(
             Err(e) => tracing::warn!(backend = %info.id, error = %e, "registry publish failed"),
         }
     }
-    if let Err(e) = shared.store.remove_backend(&info.pool, &info.id).await {
-        tracing::warn!(backend = %info.id, error = %e, "registry removal failed");
+    // Marked unhealthy, not removed: gateways keep validating against its catalogue while
+    // the worker restarts, so jobs queue instead of being refused.
+    info.state = BackendState::Unhealthy;
+    info.updated_ms = crate::translate::now_ms();
+    if let Err(e) = shared.store.publish_backend(&info, None).await {
+        tracing::warn!(backend = %info.id, error = %e, "registry update failed");
     }
 }

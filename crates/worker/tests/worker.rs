@@ -653,13 +653,17 @@ async fn backends_are_published_with_their_catalogue() {
         .expect("stored");
     assert_eq!(Bytes::from(doc), direct);
     w.stop().await;
-    assert!(
-        env.store
-            .backends("default")
-            .await
-            .expect("backends")
-            .is_empty(),
-        "removed on shutdown"
+    let after = env.store.backends("default").await.expect("backends");
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0].state,
+        store::BackendState::Unhealthy,
+        "marked unhealthy on shutdown"
+    );
+    assert_eq!(
+        after[0].object_info_sha256.as_deref(),
+        Some(sha.as_str()),
+        "catalogue kept"
     );
     sim.shutdown().await;
 }
@@ -1032,7 +1036,8 @@ async fn shutdown_gives_a_running_job_back_without_using_an_attempt() {
         .backends("default")
         .await
         .expect("backends")
-        .is_empty());
+        .iter()
+        .all(|b| b.state == store::BackendState::Unhealthy));
     // A new worker picks it up and runs it to the end.
     sim.faults().clear();
     let w2 = start(&env, config(&[&sim]));
