@@ -287,6 +287,7 @@ impl BackendRunner {
                     Stop,
                 }
                 let ev = tokio::select! {
+                    biased;
                     _ = self.shutdown.cancelled() => Idle::Stop,
                     r = self.wake.changed() => {
                         if r.is_err() {
