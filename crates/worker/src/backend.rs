@@ -49,6 +49,8 @@ pub(crate) struct BackendRunner {
     state: Option<BackendState>,
     last_catalog: Option<Instant>,
     registry_task: Option<tokio::task::JoinHandle<()>>,
+    /// A ping was sent on the WebSocket and no pong came back yet.
+    pub(crate) awaiting_pong: bool,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -103,6 +105,7 @@ impl BackendRunner {
             last_catalog: None,
             catalog: None,
             registry_task: Some(registry_task),
+            awaiting_pong: false,
         }
     }
 
@@ -160,6 +163,7 @@ impl BackendRunner {
             self.refresh_catalog().await?;
         }
         self.ws = Some(self.client.connect_ws(&self.sid).await?);
+        self.awaiting_pong = false;
         Ok(())
     }
 
@@ -213,10 +217,15 @@ impl BackendRunner {
             }
         }
         if let Some(ws) = self.ws.as_mut() {
+            if self.awaiting_pong {
+                tracing::warn!(backend = %self.id, "backend websocket does not answer pings");
+                return false;
+            }
             if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                 tracing::warn!(backend = %self.id, "backend websocket lost");
                 return false;
             }
+            self.awaiting_pong = true;
         }
         if self
             .last_catalog
@@ -299,6 +308,10 @@ impl BackendRunner {
                     _ = health.tick() => Idle::Health,
                     m = ws.next() => match m {
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Idle::Lost,
+                        Some(Ok(Message::Pong(_))) => {
+                            self.awaiting_pong = false;
+                            Idle::Ignore
+                        }
                         Some(Ok(_)) => Idle::Ignore,
                     },
                 };

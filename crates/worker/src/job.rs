@@ -339,6 +339,7 @@ impl BackendRunner {
                     tracing::warn!("backend websocket lost during the job");
                     self.ws = None;
                 }
+                Ev::Msg(Some(Ok(Message::Pong(_)))) => self.awaiting_pong = false,
                 Ev::Msg(Some(Ok(_))) => {}
                 Ev::Silent => {
                     tracing::warn!(after = ?silence, "backend silent; checking the job");
@@ -358,6 +359,7 @@ impl BackendRunner {
             match self.client.connect_ws(&self.sid).await {
                 Ok(ws) => {
                     self.ws = Some(ws);
+                    self.awaiting_pong = false;
                     break;
                 }
                 Err(e) => {
