@@ -1260,3 +1260,74 @@ fn uuid_color() -> u32 {
     let id = protocol::ids::new_prompt_id();
     u32::from_str_radix(&id[..6], 16).unwrap_or(0x123456)
 }
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stops_publishing() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        work_ms: Some(800),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    // w1 renews its lease too rarely for w2's lease timeout: w2 takes the job over.
+    let w1 = start(
+        &env,
+        WorkerConfig {
+            id: "w1".into(),
+            heartbeat_interval: Duration::from_millis(1000),
+            reclaim_interval: Duration::from_secs(3600),
+            ..config(&[&a])
+        },
+    );
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    let w2 = start(
+        &env,
+        WorkerConfig {
+            id: "w2".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            lease_timeout: Duration::from_millis(400),
+            reclaim_interval: Duration::from_millis(50),
+            ..config(&[&b])
+        },
+    );
+    let mut got = until_end_marker(&mut events, &pid).await;
+    // Nothing more arrives from the first attempt.
+    while let Ok(Some((_, raw))) =
+        tokio::time::timeout(Duration::from_millis(1500), events.next()).await
+    {
+        let env = Envelope::decode(&raw).expect("envelope");
+        if let Payload::Text(t) = env.payload {
+            got.push(Got::Text(
+                env.target,
+                serde_json::from_slice(&t).expect("json"),
+            ));
+        }
+    }
+    let terminals = got
+        .iter()
+        .filter_map(Got::json)
+        .filter(|v| {
+            let t = v["type"].as_str().unwrap_or("");
+            t.starts_with("execution_") && t != "execution_start" && t != "execution_cached"
+                || (t == "executing" && v["data"]["node"].is_null())
+        })
+        .count();
+    assert_eq!(terminals, 2, "one terminal message and one end marker");
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.worker.as_deref(), Some("w2"));
+    assert!(rec.attempts >= 2);
+    w1.stop().await;
+    w2.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
