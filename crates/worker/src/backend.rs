@@ -51,6 +51,9 @@ pub(crate) struct BackendRunner {
     registry_task: Option<tokio::task::JoinHandle<()>>,
     /// A ping was sent on the WebSocket and no pong came back yet.
     pub(crate) awaiting_pong: bool,
+    /// The backend failed a job: wait one health interval before trusting it again, so the
+    /// job it gave back goes to another backend rather than failing here again at once.
+    cooldown: bool,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -106,6 +109,7 @@ impl BackendRunner {
             catalog: None,
             registry_task: Some(registry_task),
             awaiting_pong: false,
+            cooldown: false,
         }
     }
 
@@ -124,6 +128,12 @@ impl BackendRunner {
     /// The backend's loop until shutdown.
     pub(crate) async fn run(mut self) {
         while !self.shutdown.is_cancelled() {
+            if std::mem::take(&mut self.cooldown) {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.shared.config.health_interval) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+            }
             if self.ws.is_none() {
                 match self.connect().await {
                     Ok(()) => self.set_state(BackendState::Healthy),
@@ -273,6 +283,7 @@ impl BackendRunner {
                         JobEnd::BackendDown => {
                             let _ = self.reg.send(RegUpdate::JobDone);
                             self.ws = None;
+                            self.cooldown = true;
                             self.set_state(BackendState::Unhealthy);
                             return;
                         }

@@ -1331,3 +1331,38 @@ async fn a_worker_that_lost_its_lease_stops_publishing() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_backend_failing_every_prompt_does_not_eat_the_jobs() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        prompt_status: Some(500),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&a, &b]));
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = new_job("u1", Some("c1"), &basic_save(0), &["2"]);
+        submit(&env.store, &job).await;
+        jobs.push(job);
+    }
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < jobs.len() {
+        let (_, g) = next_event(&mut events).await;
+        if let Some(v) = g.json() {
+            if v["type"] == "executing" && v["data"]["node"].is_null() {
+                ended.insert(v["data"]["prompt_id"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    for job in &jobs {
+        let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+        assert_eq!(rec.state, JobState::Success);
+        assert_eq!(rec.backend.as_deref(), Some("b1"));
+    }
+    w.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
