@@ -39,6 +39,13 @@ pub struct WorkerConfig {
     /// timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long is taken over by a live worker's reclaim pass (its
+    /// worker is presumed dead): the job runs again elsewhere, or ends past `max_attempts`.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// How often this worker looks for expired leases in each of its pools.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_interval: Duration,
     /// A running job whose backend WebSocket stays silent this long is checked against the
     /// backend's `/history` and `/queue`.
     #[serde(with = "humantime_serde")]
@@ -64,6 +71,8 @@ impl Default for WorkerConfig {
             transfer_timeout: Duration::from_secs(300),
             idle_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(30),
+            reclaim_interval: Duration::from_secs(5),
             silence_timeout: Duration::from_secs(120),
             reconnect_timeout: Duration::from_secs(10),
             max_attempts: 3,
@@ -147,10 +156,16 @@ impl WorkerConfig {
             ("heartbeat_interval", self.heartbeat_interval),
             ("request_timeout", self.request_timeout),
             ("silence_timeout", self.silence_timeout),
+            ("reclaim_interval", self.reclaim_interval),
         ] {
             if d.is_zero() {
                 return Err(WorkerError::Config(format!("{name} must be > 0")));
             }
+        }
+        if self.lease_timeout < self.heartbeat_interval * 2 {
+            return Err(WorkerError::Config(
+                "lease_timeout must be at least twice heartbeat_interval".into(),
+            ));
         }
         let mut out: Vec<(String, BackendConfig)> = Vec::new();
         for b in &self.backends {

@@ -83,8 +83,8 @@ impl Shared {
 
 /// Runs the worker until `shutdown` completes: each configured backend gets a task that
 /// claims and runs jobs of its pool. On shutdown a running job is interrupted on its backend
-/// and given back to the queue (not counted as an attempt), and the backends are removed from
-/// the registry. Returns an error only for an invalid configuration.
+/// and given back to the queue (not counted as an attempt), and the backends are marked
+/// unhealthy in the registry (their catalogue stays, so gateways keep accepting jobs for them). Returns an error only for an invalid configuration.
 pub async fn run(
     store: Store,
     files: FileStore,
@@ -131,6 +131,11 @@ pub async fn run(
             shared.clone(),
             b.pool.clone(),
             tx,
+            token.clone(),
+        ));
+        control_tasks.spawn(control::reclaim(
+            shared.clone(),
+            b.pool.clone(),
             token.clone(),
         ));
     }
