@@ -679,7 +679,15 @@ impl BackendRunner {
                 "The job failed on {} attempt(s) for backend reasons; last: {reason}",
                 run.lease.attempt
             );
-            self.finish_error(run, "backend_failure", &msg).await;
+            let data = error_data(
+                &run.lease.prompt_id,
+                None,
+                run.trace.executed_nodes(),
+                "backend_failure",
+                &msg,
+            );
+            self.finish_with(run, "execution_error", data, Some(msg.clone()))
+                .await;
             return;
         }
         match self.shared.store.release(&run.lease, counts).await {
@@ -703,6 +711,17 @@ impl BackendRunner {
     /// Writes the history entry and ends the job (the store publishes the terminal message,
     /// `status` and the end marker).
     async fn finish(&mut self, run: &mut Run, ty: &str, data: Value) {
+        self.finish_with(run, ty, data, None).await;
+    }
+
+    /// [`Self::finish`], also copying the job to the dead letters when `dead_letter` is set.
+    async fn finish_with(
+        &mut self,
+        run: &mut Run,
+        ty: &str,
+        data: Value,
+        dead_letter: Option<String>,
+    ) {
         self.publisher.flush().await;
         let state = match ty {
             "execution_success" => TerminalState::Success,
@@ -717,6 +736,7 @@ impl BackendRunner {
             state,
             history_json,
             terminal_message_json,
+            dead_letter,
         };
         for pause in FINISH_RETRIES {
             match self.shared.store.finish(&run.lease, &fin).await {
