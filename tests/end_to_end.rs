@@ -298,9 +298,8 @@ async fn bad_input_is_refused_and_nothing_is_queued() {
         "required_input_missing"
     );
 
-    // Over the body limit.
-    let huge =
-        json!({"prompt": basic_prompt(8, 8), "extra_data": {"pad": "x".repeat(12 * 1024 * 1024)}});
+    // Over the configured body limit.
+    let huge = json!({"prompt": basic_prompt(8, 8), "extra_data": {"pad": "x".repeat(common::PROMPT_LIMIT + 1)}});
     let r = stack
         .http
         .post(&url)

@@ -452,6 +452,37 @@ pub(crate) fn run(
             batch: int(inputs, "batch_size", 1).max(1) as usize,
             seed: 0,
         }),
+        "LatentUpscale" | "LatentUpscaleBy" => match get(inputs, "samples") {
+            Val::Latent { w, h, batch, seed } => {
+                let (nw, nh) = if class.name == "LatentUpscaleBy" {
+                    let s = float(inputs, "scale_by", 1.0);
+                    (
+                        (*w as f64 * s).round() as usize,
+                        (*h as f64 * s).round() as usize,
+                    )
+                } else {
+                    let (mut nw, mut nh) = (
+                        int(inputs, "width", 0).max(0) as usize,
+                        int(inputs, "height", 0).max(0) as usize,
+                    );
+                    if nw == 0 && nh == 0 {
+                        (nw, nh) = (*w, *h);
+                    } else if nw == 0 {
+                        nw = (*w * nh / (*h).max(1)).max(8);
+                    } else if nh == 0 {
+                        nh = (*h * nw / (*w).max(1)).max(8);
+                    }
+                    (nw, nh)
+                };
+                one(Val::Latent {
+                    w: (nw / 8 * 8).max(8),
+                    h: (nh / 8 * 8).max(8),
+                    batch: *batch,
+                    seed: *seed,
+                })
+            }
+            _ => stand_in(env, inputs),
+        },
         "VAEDecode" | "VAEDecodeTiled" => match get(inputs, "samples") {
             Val::Latent { w, h, batch, seed } => one(Val::Image(Arc::new(
                 (0..*batch)

@@ -921,3 +921,77 @@ async fn jobs_api_only_under_api() {
     ws.close();
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_real_users_graph_runs_on_stand_ins() {
+    let mut config = model_config();
+    config
+        .models
+        .insert("loras".into(), vec!["detail.safetensors".into()]);
+    let sim = sim(config).await;
+    let g = json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "10": {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "detail.safetensors", "strength_model": 0.8, "strength_clip": 0.8}},
+        "11": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["10", 1], "stop_at_clip_layer": -2}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a castle", "clip": ["11", 0]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["11", 0]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 2}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 7, "sampler_name": "euler", "scheduler": "karras", "denoise": 1, "model": ["10", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "12": {"class_type": "LatentUpscale", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "width": 128, "height": 96, "crop": "disabled"}},
+        "13": {"class_type": "KSampler", "inputs": {"seed": 2, "steps": 2, "cfg": 7, "sampler_name": "euler", "scheduler": "karras", "denoise": 0.5, "model": ["10", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["12", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["4", 2]}},
+        "14": {"class_type": "ImageScaleBy", "inputs": {"image": ["8", 0], "upscale_method": "bilinear", "scale_by": 0.5}},
+        "15": {"class_type": "ImageToMask", "inputs": {"image": ["14", 0], "channel": "red"}},
+        "16": {"class_type": "MaskToImage", "inputs": {"mask": ["15", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "user/castle"}},
+        "17": {"class_type": "PreviewImage", "inputs": {"images": ["16", 0]}}
+    });
+    let mut ws = Ws::connect(&sim, "/ws?clientId=u").await.expect("ws");
+    ws.next().await.expect("status");
+    let r = submit(&sim, json!({"prompt": g, "client_id": "u"})).await;
+    let pid = r["prompt_id"].as_str().expect("id").to_string();
+    let frames = ws.until_done(&pid).await.expect("done");
+    assert!(
+        frames.iter().any(|f| f.kind() == "execution_success"),
+        "{:?}",
+        frames.iter().map(Frame::kind).collect::<Vec<_>>()
+    );
+    let executing: Vec<Value> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Text(v) if v["type"] == "executing" && !v["data"]["node"].is_null() => {
+                Some(v["data"]["node"].clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(executing.len(), 15, "every node ran once: {executing:?}");
+    let h = http(&sim, "GET", &format!("/history/{pid}"), None)
+        .await
+        .expect("h")
+        .json()
+        .expect("json");
+    let saved = &h[&pid]["outputs"]["9"]["images"];
+    assert_eq!(saved.as_array().map(Vec::len), Some(2), "batch of 2");
+    assert_eq!(
+        saved[0],
+        json!({"filename": "castle_00001_.png", "subfolder": "user", "type": "output"})
+    );
+    let v = http(
+        &sim,
+        "GET",
+        "/view?filename=castle_00002_.png&subfolder=user",
+        None,
+    )
+    .await
+    .expect("view");
+    assert_eq!(
+        image::load_from_memory(&v.body)
+            .expect("png")
+            .to_rgb8()
+            .dimensions(),
+        (64, 48)
+    );
+    ws.close();
+    sim.shutdown().await;
+}

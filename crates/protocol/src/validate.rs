@@ -19,6 +19,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+pub use crate::error::ErrorObject;
+
 use crate::catalog::{
     py_float_repr, Catalog, ClassInfo, InputCategory, InputDef, InputKind, PyNum, UploadKind,
 };
@@ -28,37 +30,6 @@ const SRC: &str = "/srv/ComfyUI/execution.py";
 
 /// Python's recursion limit is what stops ComfyUI on very deep or cyclic graphs.
 const MAX_DEPTH: usize = 900;
-
-/// One error object, `{type, message, details, extra_info}`, at the top level or per node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorObject {
-    /// `type`, e.g. `required_input_missing`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `message`
-    pub message: String,
-    /// `details`
-    pub details: String,
-    /// `extra_info`
-    pub extra_info: Map<String, Value>,
-}
-
-impl ErrorObject {
-    /// An error object with an empty `extra_info`.
-    pub fn new(kind: &str, message: impl Into<String>, details: impl Into<String>) -> Self {
-        ErrorObject {
-            kind: kind.to_string(),
-            message: message.into(),
-            details: details.into(),
-            extra_info: Map::new(),
-        }
-    }
-
-    fn with(mut self, key: &str, v: Value) -> Self {
-        self.extra_info.insert(key.to_string(), v);
-        self
-    }
-}
 
 /// The entry of one node in `node_errors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,19 +146,6 @@ impl PromptError {
     pub fn to_json(&self) -> Value {
         serde_json::json!({"error": self.error, "node_errors": self.node_errors})
     }
-}
-
-/// True when `s` is a canonical lowercase hyphenated UUID (what newer ComfyUI demands of a client
-/// `prompt_id`: parsing it and printing it back gives the same string).
-pub fn is_canonical_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 36 {
-        return false;
-    }
-    b.iter().enumerate().all(|(i, c)| match i {
-        8 | 13 | 18 | 23 => *c == b'-',
-        _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
-    })
 }
 
 /// An input that names a file, handed to a [`FileCheck::Custom`] callback.
@@ -1117,14 +1075,6 @@ mod tests {
     }
 
     #[test]
-    fn uuid_canonical() {
-        assert!(is_canonical_uuid("8d7994e5-5357-44ea-b604-91a54f408052"));
-        assert!(!is_canonical_uuid("8D7994E5-5357-44ea-b604-91a54f408052"));
-        assert!(!is_canonical_uuid("8d7994e5535744eab60491a54f408052"));
-        assert!(!is_canonical_uuid("{8d7994e5-5357-44ea-b604-91a54f408052}"));
-    }
-
-    #[test]
     fn coercion_and_value_unwrap() {
         let c = catalog();
         let p = obj(json!({
@@ -1312,6 +1262,66 @@ mod tests {
         }));
         let e = validate(&p, &c, &ValidateOptions::default()).expect_err("cycle");
         assert_eq!(e.error.kind, "prompt_outputs_failed_validation");
+    }
+
+    #[test]
+    fn missing_class_type_and_long_lists() {
+        let c = catalog();
+        let p = obj(json!({"1": {"inputs": {}}}));
+        let e = validate(&p, &c, &ValidateOptions::default()).expect_err("no class_type");
+        assert_eq!(e.error.kind, "invalid_prompt");
+        assert_eq!(
+            e.error.message,
+            "Cannot execute because a node is missing the class_type property."
+        );
+        assert_eq!(e.error.details, "Node ID '#1'");
+
+        // KSampler's sampler_name has more than 20 options: not echoed, input_config null.
+        let p = obj(json!({
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 2, "cfg": 7, "sampler_name": "nope", "scheduler": "normal", "denoise": 1, "model": ["5", 0], "positive": ["5", 0], "negative": ["5", 0], "latent_image": ["5", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["5", 0]}},
+            "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+        }));
+        let e = validate(&p, &c, &ValidateOptions::default()).expect_err("invalid");
+        let n3 = e.node_errors.get("3").expect("3");
+        let list = n3
+            .errors
+            .iter()
+            .find(|e| e.kind == "value_not_in_list")
+            .expect("value_not_in_list");
+        assert!(
+            list.details
+                .starts_with("sampler_name: 'nope' not in (list of length "),
+            "{}",
+            list.details
+        );
+        assert_eq!(list.extra_info["input_config"], Value::Null);
+        // The LATENT fed into MODEL/CONDITIONING/VAE inputs is a return_type_mismatch each.
+        assert_eq!(
+            n3.errors
+                .iter()
+                .filter(|e| e.kind == "return_type_mismatch")
+                .count(),
+            3
+        );
+        assert!(e
+            .node_errors
+            .get("8")
+            .is_some_and(|n| n.errors[0].kind == "return_type_mismatch"));
+        assert_eq!(n3.dependent_outputs, ["9"]);
+    }
+
+    #[test]
+    fn constructors() {
+        let e = PromptError::invalid_prompt_id();
+        assert_eq!(e.error.kind, "invalid_prompt_id");
+        assert_eq!(e.error.message, "prompt_id must be a valid UUID");
+        assert_eq!(e.status_code(), 400);
+        assert_eq!(
+            PromptError::prompt_no_outputs().to_json()["error"]["details"],
+            ""
+        );
     }
 
     #[test]

@@ -199,5 +199,8 @@ fn validation_throughput() {
         validate(p, &c, &ValidateOptions::default()).expect("valid");
     }
     let dt = t.elapsed();
-    println!("{n} validations in {dt:?}: {:.0}/s", n as f64 / dt.as_secs_f64());
+    println!(
+        "{n} validations in {dt:?}: {:.0}/s",
+        n as f64 / dt.as_secs_f64()
+    );
 }
