@@ -80,8 +80,8 @@ impl Default for WorkerConfig {
     }
 }
 
-/// One ComfyUI backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One ComfyUI backend. Its `Debug` output shows header names only, never their values.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// Backend id, unique in its pool. Default: derived from `url` (`host:port[/path]`).
@@ -106,6 +106,36 @@ impl Default for BackendConfig {
             headers: BTreeMap::new(),
             labels: BTreeMap::new(),
         }
+    }
+}
+
+/// The URL without any password in it (for logs).
+pub(crate) fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("id", &self.id)
+            .field("url", &redact_url(&self.url))
+            .field("pool", &self.pool)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .keys()
+                    .map(|k| (k.as_str(), "<redacted>"))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .field("labels", &self.labels)
+            .finish()
     }
 }
 
@@ -256,5 +286,12 @@ mod tests {
                 .unwrap();
         assert!(dup.validate().is_err());
         assert!(WorkerConfig::default().validate().is_err());
+        let shown = format!("{:?}", c);
+        assert!(redact_url("http://u:secret@h:1/").contains("redacted"));
+        assert!(!redact_url("http://u:secret@h:1/").contains("secret"));
+        assert!(
+            shown.contains("Authorization") && !shown.contains("\"x\""),
+            "{shown}"
+        );
     }
 }

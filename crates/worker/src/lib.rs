@@ -1,12 +1,19 @@
 //! The worker: drives a set of ComfyUI backends (one job at a time each) for the broker.
 //!
-//! Per backend, one task keeps a WebSocket open to the backend, publishes the backend's
-//! catalogue and state to the registry, claims the next job for it from the store when it is
-//! free, submits the job under a fresh backend prompt id, translates the backend's events back
-//! to the job (ids mapped back, outputs copied into the file store and rewritten into the job's
-//! namespace) and publishes them on the owner's channel, and ends the job with the history entry
-//! ComfyUI would have written. Per pool, one task listens to the pool's control channel and fans
-//! wake-ups and interrupts out to the backend tasks.
+//! Per backend, one task keeps a WebSocket open to the backend (negotiating type-4 previews),
+//! publishes the backend's catalogue and state to the registry, claims the next job for it from
+//! the store when it is free (right after a wake-up, or every `idle_poll`), ships the owner's
+//! input files the graph names to the backend, submits the job under a fresh backend prompt id,
+//! translates the backend's events back to the job (ids mapped back, outputs copied into the
+//! file store and rewritten into the job's namespace) and publishes them on the owner's channel,
+//! and ends the job with the history entry ComfyUI would have written. Per pool, one task
+//! listens to the pool's control channel and fans wake-ups and interrupts out to the backend
+//! tasks, and one takes over expired leases of dead workers.
+//!
+//! Failures: a backend that cannot be reached is published unhealthy and gets no work until it
+//! answers again; a job whose backend fails mid-run is checked against the backend's
+//! `/history` and `/queue`, then finished from there or given back to the queue (ending with an
+//! `execution_error` once it used up `max_attempts`).
 
 mod backend;
 mod client;

@@ -1253,6 +1253,39 @@ async fn real_comfyui_runs_trace_01_through_the_worker() {
         err["data"]["exception_type"],
         "prompt_outputs_failed_validation"
     );
+
+    // A slow job, interrupted through the store (trace 12).
+    let c = uuid_color();
+    let slow = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": c}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 15, "sigma": 3.0}},
+        "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 15, "sigma": 3.0}},
+        "4": {"class_type": "ImageBlur", "inputs": {"image": ["3", 0], "blur_radius": 15, "sigma": 3.0}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    });
+    let job = new_job("u1", Some("c1"), &slow, &["5"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| {
+            v["type"] == "executing"
+                && v["data"]["node"] == "2"
+                && v["data"]["prompt_id"] == job.prompt_id.as_str()
+        }) {
+            break;
+        }
+    }
+    env.store
+        .request_interrupt("default", "u1", Some(&job.prompt_id))
+        .await
+        .expect("interrupt");
+    let got = until_end_marker(&mut events, &job.prompt_id).await;
+    assert!(got
+        .iter()
+        .filter_map(Got::json)
+        .any(|v| v["type"] == "execution_interrupted"));
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Interrupted);
     w.stop().await;
 }
 
