@@ -39,6 +39,8 @@ pub(crate) struct BackendRunner {
     pub(crate) client: ComfyClient,
     pub(crate) wake: watch::Receiver<u64>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when running jobs must stop (shutdown + drain grace).
+    pub(crate) drain: CancellationToken,
     /// The backend WebSocket's client id (the `client_id` of every prompt we submit).
     pub(crate) sid: String,
     pub(crate) ws: Option<BackendWs>,
@@ -71,6 +73,7 @@ impl BackendRunner {
         client: ComfyClient,
         wake: watch::Receiver<u64>,
         shutdown: CancellationToken,
+        drain: CancellationToken,
     ) -> Self {
         let publisher = Publisher::spawn(shared.store.clone());
         let info = BackendInfo {
@@ -100,6 +103,7 @@ impl BackendRunner {
             client,
             wake,
             shutdown,
+            drain,
             sid: protocol::ids::new_sid(),
             ws: None,
             publisher,

@@ -57,6 +57,11 @@ pub struct WorkerConfig {
     /// Attempts after which a job that keeps failing for backend reasons ends with an
     /// `execution_error` instead of being queued again.
     pub max_attempts: u32,
+    /// On shutdown (SIGTERM) a worker stops claiming at once; a running job gets this long to
+    /// finish before it is interrupted on its backend and given back to the queue (not counted
+    /// as an attempt). Match it with the pod's termination grace period.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -76,6 +81,7 @@ impl Default for WorkerConfig {
             silence_timeout: Duration::from_secs(120),
             reconnect_timeout: Duration::from_secs(10),
             max_attempts: 3,
+            drain_grace: Duration::from_secs(30),
         }
     }
 }

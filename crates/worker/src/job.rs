@@ -297,7 +297,7 @@ impl BackendRunner {
             let ev = tokio::select! {
                 biased;
                 s = signals.recv() => Ev::Signal(s),
-                _ = self.shutdown.cancelled() => Ev::Stop,
+                _ = self.drain.cancelled() => Ev::Stop,
                 m = ws.next() => Ev::Msg(m),
                 _ = tokio::time::sleep_until(deadline) => Ev::Silent,
             };
@@ -369,7 +369,7 @@ impl BackendRunner {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = self.shutdown.cancelled() => break,
+                        _ = self.drain.cancelled() => break,
                     }
                 }
             }

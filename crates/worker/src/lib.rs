@@ -110,12 +110,21 @@ pub async fn run(
         )?;
         clients.push((id.clone(), b.clone(), client));
     }
+    // `token` stops claiming at once; `drain` stops running jobs after the grace period.
     let token = CancellationToken::new();
+    let drain = CancellationToken::new();
     {
-        let token = token.clone();
+        let (token, drain) = (token.clone(), drain.clone());
+        let grace = config.drain_grace;
         tokio::spawn(async move {
             shutdown.await;
+            tracing::info!(grace = ?grace, "draining: no new jobs; running ones may finish");
             token.cancel();
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = drain.cancelled() => {}
+            }
+            drain.cancel();
         });
     }
     let shared = Arc::new(Shared {
@@ -134,11 +143,12 @@ pub async fn run(
         }
         let (tx, rx) = watch::channel(0u64);
         wakes.insert(b.pool.clone(), rx);
+        // Interrupts must still reach jobs that finish during the drain.
         control_tasks.spawn(control::run(
             shared.clone(),
             b.pool.clone(),
             tx,
-            token.clone(),
+            drain.clone(),
         ));
         control_tasks.spawn(control::reclaim(
             shared.clone(),
@@ -151,8 +161,15 @@ pub async fn run(
         let Some(wake) = wakes.get(&b.pool).cloned() else {
             continue;
         };
-        let runner =
-            backend::BackendRunner::new(shared.clone(), id, b, client, wake, token.clone());
+        let runner = backend::BackendRunner::new(
+            shared.clone(),
+            id,
+            b,
+            client,
+            wake,
+            token.clone(),
+            drain.clone(),
+        );
         backend_tasks.spawn(runner.run());
     }
     while let Some(r) = backend_tasks.join_next().await {
@@ -161,6 +178,7 @@ pub async fn run(
         }
     }
     token.cancel();
+    drain.cancel();
     while control_tasks.join_next().await.is_some() {}
     tracing::info!(worker = %shared.config.id, "worker stopped");
     Ok(())

@@ -139,6 +139,8 @@ fn config(sims: &[&SimHandle]) -> WorkerConfig {
         health_interval: Duration::from_millis(300),
         heartbeat_interval: Duration::from_millis(200),
         reconnect_timeout: Duration::from_secs(2),
+        // Stopping a test worker interrupts its job at once, unless a test says otherwise.
+        drain_grace: Duration::ZERO,
         ..WorkerConfig::default()
     }
 }
@@ -1045,6 +1047,52 @@ async fn shutdown_gives_a_running_job_back_without_using_an_attempt() {
     assert_eq!(rec.state, JobState::Success);
     assert_eq!(rec.attempts, 1);
     w2.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_job_finish_within_the_grace_period() {
+    let env = env().await;
+    let sim = sim().await;
+    sim.faults().set(Faults {
+        work_ms: Some(150),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(
+        &env,
+        WorkerConfig {
+            drain_grace: Duration::from_secs(20),
+            ..config(&[&sim])
+        },
+    );
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let queued = new_job("u1", Some("c1"), &basic_save(7), &["2"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    submit(&env.store, &queued).await;
+    // SIGTERM: the running job completes; the queued one is not taken.
+    w.stop().await;
+    let rec = env
+        .store
+        .job("default", "u1", &job.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 1);
+    let waiting = env
+        .store
+        .job("default", "u1", &queued.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(waiting.state, JobState::Pending);
     sim.shutdown().await;
 }
 
