@@ -307,10 +307,7 @@ pub(crate) async fn cancel_many(State(shared): S, body: Bytes) -> Response {
     };
     let invalid: Vec<&Value> = ids
         .iter()
-        .filter(|i| {
-            !i.as_str()
-                .is_some_and(protocol::validate::is_canonical_uuid)
-        })
+        .filter(|i| !i.as_str().is_some_and(protocol::ids::is_canonical_uuid))
         .collect();
     if !invalid.is_empty() {
         return json_response(

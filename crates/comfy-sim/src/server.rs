@@ -166,7 +166,7 @@ async fn post_prompt(State(shared): S, body: Bytes) -> Response {
     };
     let prompt_id = match body.get("prompt_id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
-        Some(Value::String(s)) if validate::is_canonical_uuid(s) => s.clone(),
+        Some(Value::String(s)) if protocol::ids::is_canonical_uuid(s) => s.clone(),
         Some(_) => return error_response(&PromptError::invalid_prompt_id()),
     };
     let Value::Object(prompt) = prompt else {

@@ -406,6 +406,7 @@ async fn duplicate_prompt_id_gives_the_first_answer_and_other_users_learn_nothin
                 history_json: history.to_string(),
                 terminal_message_json:
                     json!({"type": "execution_success", "data": {"prompt_id": pid}}).to_string(),
+                dead_letter: None,
             }
         )
         .await

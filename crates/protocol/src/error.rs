@@ -19,7 +19,25 @@ pub struct ErrorObject {
     /// Longer explanation (may be empty).
     pub details: String,
     /// Structured extra data (`{}` when there is none).
-    pub extra_info: Value,
+    pub extra_info: Map<String, Value>,
+}
+
+impl ErrorObject {
+    /// An error object with an empty `extra_info`.
+    pub fn new(kind: &str, message: impl Into<String>, details: impl Into<String>) -> Self {
+        ErrorObject {
+            kind: kind.to_owned(),
+            message: message.into(),
+            details: details.into(),
+            extra_info: Map::new(),
+        }
+    }
+
+    /// Adds a key to `extra_info`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra_info.insert(key.to_owned(), value.into());
+        self
+    }
 }
 
 /// A complete error response body: `{"error": {...}, "node_errors": {...}}`.
@@ -39,21 +57,14 @@ impl ErrorBody {
         details: impl Into<String>,
     ) -> Self {
         ErrorBody {
-            error: ErrorObject {
-                kind: kind.into(),
-                message: message.into(),
-                details: details.into(),
-                extra_info: Value::Object(Map::new()),
-            },
+            error: ErrorObject::new(&kind.into(), message, details),
             node_errors: Map::new(),
         }
     }
 
     /// Adds a key to `extra_info` (e.g. the name of the limit that was hit).
     pub fn with_extra(mut self, key: &str, value: impl Into<Value>) -> Self {
-        if let Value::Object(map) = &mut self.error.extra_info {
-            map.insert(key.to_owned(), value.into());
-        }
+        self.error.extra_info.insert(key.to_owned(), value.into());
         self
     }
 

@@ -8,10 +8,12 @@ pub const MAX_CLIENT_ID_LEN: usize = 128;
 /// True when `s` is a canonical lowercase hyphenated UUID: parsing it and printing it back gives
 /// the same string (the rule newer ComfyUI applies to a client `prompt_id`).
 pub fn is_canonical_uuid(s: &str) -> bool {
-    s.len() == 36
-        && Uuid::try_parse(s)
-            .map(|u| u.hyphenated().to_string() == s)
-            .unwrap_or(false)
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        })
 }
 
 /// A new random prompt id (uuid4, lowercase, hyphenated), as ComfyUI mints them.
@@ -41,6 +43,8 @@ mod tests {
         assert!(!is_canonical_uuid("8d7994e5535744eab60491a54f408052"));
         assert!(!is_canonical_uuid("{8d7994e5-5357-44ea-b604-91a54f408052}"));
         assert!(!is_canonical_uuid("not-a-uuid"));
+        assert!(!is_canonical_uuid("8d7994e5-5357-44ea-b604-91a54f40805g"));
+        assert!(!is_canonical_uuid("8d7994e5-5357-44ea-b604+91a54f408052"));
         assert!(is_canonical_uuid(&new_prompt_id()));
     }
 

@@ -19,6 +19,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+pub use crate::error::ErrorObject;
+
 use crate::catalog::{
     py_float_repr, Catalog, ClassInfo, InputCategory, InputDef, InputKind, PyNum, UploadKind,
 };
@@ -28,37 +30,6 @@ const SRC: &str = "/srv/ComfyUI/execution.py";
 
 /// Python's recursion limit is what stops ComfyUI on very deep or cyclic graphs.
 const MAX_DEPTH: usize = 900;
-
-/// One error object, `{type, message, details, extra_info}`, at the top level or per node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorObject {
-    /// `type`, e.g. `required_input_missing`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `message`
-    pub message: String,
-    /// `details`
-    pub details: String,
-    /// `extra_info`
-    pub extra_info: Map<String, Value>,
-}
-
-impl ErrorObject {
-    /// An error object with an empty `extra_info`.
-    pub fn new(kind: &str, message: impl Into<String>, details: impl Into<String>) -> Self {
-        ErrorObject {
-            kind: kind.to_string(),
-            message: message.into(),
-            details: details.into(),
-            extra_info: Map::new(),
-        }
-    }
-
-    fn with(mut self, key: &str, v: Value) -> Self {
-        self.extra_info.insert(key.to_string(), v);
-        self
-    }
-}
 
 /// The entry of one node in `node_errors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,19 +146,6 @@ impl PromptError {
     pub fn to_json(&self) -> Value {
         serde_json::json!({"error": self.error, "node_errors": self.node_errors})
     }
-}
-
-/// True when `s` is a canonical lowercase hyphenated UUID (what newer ComfyUI demands of a client
-/// `prompt_id`: parsing it and printing it back gives the same string).
-pub fn is_canonical_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 36 {
-        return false;
-    }
-    b.iter().enumerate().all(|(i, c)| match i {
-        8 | 13 | 18 | 23 => *c == b'-',
-        _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
-    })
 }
 
 /// An input that names a file, handed to a [`FileCheck::Custom`] callback.
@@ -1114,14 +1072,6 @@ mod tests {
             py_float(&json!("abc")),
             Err("could not convert string to float: 'abc'".to_string())
         );
-    }
-
-    #[test]
-    fn uuid_canonical() {
-        assert!(is_canonical_uuid("8d7994e5-5357-44ea-b604-91a54f408052"));
-        assert!(!is_canonical_uuid("8D7994E5-5357-44ea-b604-91a54f408052"));
-        assert!(!is_canonical_uuid("8d7994e5535744eab60491a54f408052"));
-        assert!(!is_canonical_uuid("{8d7994e5-5357-44ea-b604-91a54f408052}"));
     }
 
     #[test]
