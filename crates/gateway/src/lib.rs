@@ -11,6 +11,8 @@
 //! gw.serve(listener, shutdown_signal()).await?;
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod auth;
 mod body;
 mod config;
