@@ -33,8 +33,9 @@ pub struct GatewayConfig {
     /// How often the pool's node catalogue, models and system stats are re-read from Redis.
     #[serde(with = "humantime_serde")]
     pub catalog_refresh: Duration,
-    /// Origins allowed to open `/ws` with only the `jwt_token` cookie (besides the request's own
-    /// host). Token carriers a browser does not send by itself (Bearer, query) are not checked.
+    /// Origins allowed to use the `jwt_token` cookie (REST and `/ws`) besides the request's own
+    /// host; `*` allows any. Token carriers a browser does not attach by itself (Bearer, query)
+    /// are not checked.
     pub allowed_origins: Vec<String>,
     /// Where browsers without a valid token are redirected.
     pub login_path: String,
