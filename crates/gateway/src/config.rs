@@ -111,3 +111,30 @@ impl GatewayConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_humantime_and_rejects_unknown_keys() {
+        let c: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "listen": "0.0.0.0:9000",
+            "ws_ping_interval": "15s",
+            "catalog_refresh": "500ms",
+            "pools": ["gpu"]
+        }))
+        .unwrap();
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(15));
+        assert_eq!(c.catalog_refresh, Duration::from_millis(500));
+        assert_eq!(c.primary_pool(), "gpu");
+        assert_eq!(c.max_request_bytes, 100 * 1024 * 1024);
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_value::<GatewayConfig>(serde_json::json!({"bogus": 1})).is_err());
+        let bad = GatewayConfig {
+            pools: vec![],
+            ..GatewayConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
