@@ -294,4 +294,149 @@ async fn redis_restarting_under_load_loses_and_repeats_nothing() {
         executed += h.as_object().unwrap().len();
     }
     assert_eq!(executed, 50);
+
+    // A socket opened before the restart still gets events: the gateway re-subscribed.
+    let mut ws = Ws::connect(&stack.ws_url(0, "max-1", &token)).await;
+    ws.next(Duration::from_secs(5)).await.unwrap();
+    stack.redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = loop {
+        let (status, a) = stack
+            .post_prompt(
+                0,
+                &token,
+                &json!({"prompt": basic_prompt(9, 9), "client_id": "max-1"}),
+            )
+            .await;
+        if status == 200 {
+            break a["prompt_id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(status, 503);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let types = collect_for(&mut ws, &pid, Duration::from_millis(100)).await;
+    assert_eq!(count(&types, "execution_success"), 1, "{types:?}");
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_taken_out_and_put_back_when_it_returns() {
+    let mut stack = Stack::with(StackOptions {
+        gateways: 1,
+        backends: 2,
+        worker_env: fast_worker_env(),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.sim_faults(0, json!({"work_ms": 300})).await;
+    stack.sim_faults(1, json!({"work_ms": 300})).await;
+    let token = stack.token("ivy");
+    let first = stack
+        .submit(0, &token, &json!({"prompt": slow_prompt()}))
+        .await;
+    let second = stack
+        .submit(0, &token, &json!({"prompt": slow_prompt()}))
+        .await;
+    // Both backends are busy; kill backend 0 under its job.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack.kill("sim0");
+    for id in [&first, &second] {
+        let e = stack.wait_history(0, &token, id).await;
+        assert_eq!(e["status"]["status_str"], "success", "{e}");
+    }
+    // The registry shows it out; once it is back it is healthy and takes work again.
+    let registry = |stack: &Stack| {
+        let url = stack.redis.url.clone();
+        let prefix = stack.redis.prefix.clone();
+        async move {
+            let s = store::Store::connect(store::StoreConfig {
+                url,
+                key_prefix: prefix,
+                ..store::StoreConfig::default()
+            })
+            .await
+            .unwrap();
+            s.backends("default").await.unwrap()
+        }
+    };
+    let port0 = stack.backends[0].rsplit(':').next().unwrap().to_owned();
+    let state_of = |list: &Vec<store::BackendInfo>| {
+        list.iter()
+            .find(|b| b.id.ends_with(&port0))
+            .map(|b| b.state)
+    };
+    assert_eq!(
+        state_of(&registry(&stack).await),
+        Some(store::BackendState::Unhealthy)
+    );
+    stack.restart_backend(0).await;
+    stack.sim_faults(0, json!({"work_ms": 0})).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while state_of(&registry(&stack).await) != Some(store::BackendState::Healthy) {
+        assert!(Instant::now() < deadline, "backend never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // With backend 1 slowed right down, the next job runs on the returned backend 0.
+    stack.sim_faults(1, json!({"work_ms": 5000})).await;
+    let blocker = stack
+        .submit(0, &token, &json!({"prompt": slow_prompt()}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quick = stack
+        .submit(0, &token, &json!({"prompt": basic_prompt(12, 12)}))
+        .await;
+    let e = stack.wait_history(0, &token, &quick).await;
+    assert_eq!(e["status"]["status_str"], "success");
+    let r = stack
+        .http
+        .post(format!("{}/interrupt", stack.gateways[0]))
+        .bearer_auth(&token)
+        .json(&json!({"prompt_id": blocker}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_reconnecting_on_another_gateway_is_told_where_its_job_stands() {
+    let stack = Stack::with(StackOptions {
+        gateways: 2,
+        backends: 1,
+        worker_env: fast_worker_env(),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.sim_faults(0, json!({"work_ms": 400})).await;
+    let token = stack.token("joe");
+    let mut ws = Ws::connect(&stack.ws_url(0, "joe-phone", &token)).await;
+    ws.next(Duration::from_secs(5)).await.unwrap();
+    let pid = stack
+        .submit(
+            0,
+            &token,
+            &json!({"prompt": slow_prompt(), "client_id": "joe-phone"}),
+        )
+        .await;
+    let mut node = None;
+    while node.is_none() {
+        if let Some(Frame::Json(v)) = ws.next(Duration::from_secs(10)).await {
+            if v["type"] == "executing" && v["data"]["node"] == "2" {
+                node = Some("2");
+            }
+        }
+    }
+    drop(ws);
+    let mut again = Ws::connect(&stack.ws_url(1, "joe-phone", &token)).await;
+    let Some(Frame::Json(first)) = again.next(Duration::from_secs(5)).await else {
+        panic!("no status")
+    };
+    assert_eq!(first["type"], "status");
+    assert_eq!(first["data"]["sid"], "joe-phone");
+    assert_eq!(first["data"]["status"]["exec_info"]["queue_remaining"], 1);
+    let Some(Frame::Json(replay)) = again.next(Duration::from_secs(5)).await else {
+        panic!("no replay")
+    };
+    assert_eq!(replay, json!({"type": "executing", "data": {"node": "2"}}));
+    let types = collect_for(&mut again, &pid, Duration::from_millis(200)).await;
+    assert_eq!(count(&types, "execution_success"), 1, "{types:?}");
 }

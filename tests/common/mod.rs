@@ -286,6 +286,24 @@ impl Stack {
         }
     }
 
+    /// Kills simulated backend `i` and starts a fresh one on the same port (a GPU node that
+    /// restarted), returning once it answers.
+    pub async fn restart_backend(&mut self, i: usize) {
+        let name = format!("sim{i}");
+        self.kill(&name);
+        self.procs.retain(|p| p.name != name);
+        let url = self.backends[i].clone();
+        let addr = url.trim_start_matches("http://").to_owned();
+        let mut cmd = Command::new(bin());
+        cmd.args(["sim", "--listen", &addr]);
+        self.env(&mut cmd);
+        self.procs.push(Proc {
+            name,
+            child: cmd.spawn().unwrap(),
+        });
+        wait_http(&format!("{url}/system_stats")).await;
+    }
+
     /// Kills (SIGKILL) the process named `name`.
     pub fn kill(&mut self, name: &str) {
         for p in self.procs.iter_mut().filter(|p| p.name == name) {
