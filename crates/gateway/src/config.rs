@@ -45,12 +45,10 @@ pub struct GatewayConfig {
     pub redis_timeout: Duration,
     /// `Retry-After` seconds sent with 503 and 429 answers.
     pub retry_after_secs: u64,
-    /// How often the token of every open `/ws` is checked again; a revoked token or a
-    /// disabled user closes the socket with 1008.
-    #[serde(with = "humantime_serde")]
-    pub ws_auth_recheck: Duration,
     /// How long an authentication answer (API token look-up, session revocation, disabled
-    /// user, current role) is reused: revocation takes effect within this time.
+    /// user, current role) is reused: revocation takes effect within this time. Open `/ws`
+    /// sockets have their token checked again this often (at least every 100 ms); a revoked
+    /// token or a disabled user closes them with 1008.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
     /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
@@ -76,7 +74,6 @@ impl Default for GatewayConfig {
             redis_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
             auth_cache_ttl: Duration::from_secs(5),
-            ws_auth_recheck: Duration::from_secs(10),
             drain_delay: Duration::from_secs(0),
         }
     }
@@ -99,10 +96,7 @@ impl GatewayConfig {
         if self.max_prompt_bytes == 0 || self.max_request_bytes == 0 {
             return Err("gateway body limits must be positive".into());
         }
-        if self.ws_ping_interval.is_zero()
-            || self.catalog_refresh.is_zero()
-            || self.ws_auth_recheck.is_zero()
-        {
+        if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
             return Err("gateway intervals must be positive".into());
         }
         if !self.login_path.starts_with('/') {

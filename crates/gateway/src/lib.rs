@@ -31,6 +31,7 @@ mod ws;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::auth::{
     AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
@@ -95,7 +96,7 @@ impl Gateway {
                 close_timeout: config.ws_close_timeout,
                 redis_timeout: config.redis_timeout,
                 features: features.clone(),
-                auth_recheck: config.ws_auth_recheck,
+                auth_recheck: config.auth_cache_ttl.max(Duration::from_millis(100)),
             },
             Some(authenticator.clone()),
         );

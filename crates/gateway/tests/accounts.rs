@@ -150,14 +150,8 @@ async fn open_sockets_of_a_revoked_session_are_closed_with_1008() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
     use tokio_tungstenite::tungstenite::Message;
 
-    let env = Env::start_with(
-        GatewayConfig {
-            ws_auth_recheck: Duration::from_millis(100),
-            ..quick()
-        },
-        true,
-    )
-    .await;
+    // quick(): tokens of open sockets are re-checked every 100 ms.
+    let env = Env::start_with(quick(), true).await;
     let fay = user(&env, "fay", "user").await;
     let (jwt, claims) = env
         .keys
