@@ -14,6 +14,7 @@
 pub mod auth;
 mod body;
 mod config;
+mod cpe;
 mod error;
 pub mod hub;
 mod info;
@@ -24,6 +25,7 @@ mod queue;
 mod routes;
 mod state;
 mod view;
+mod workflows;
 mod ws;
 
 use std::future::Future;
