@@ -533,7 +533,7 @@ async fn mss_save(
         return Err(text(StatusCode::BAD_REQUEST, "Invalid filename"));
     };
     let f = timed(
-        &st,
+        st,
         st.store
             .workflow_put(space, &path, &bytes, true, &limits(st)),
     )
