@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Map, Value};
-use store::workflows::{self as wf, FileInfo, Limits, Space, WorkflowError};
+use store::workflows::{self as wf, FileInfo, Limits, PathError, Space, WorkflowError};
 
 use crate::auth::require;
 use crate::body::{query_get, query_pairs, read_body};
@@ -199,6 +199,18 @@ async fn existing_space<'a>(
     Ok(None)
 }
 
+/// True when writing `path` into the caller's `space` would hide a global file of that name:
+/// with `overwrite=false` that counts as "exists" (the caller sees the global file listed).
+async fn shadows_global(st: &AppState, space: Space<'_>, path: &str) -> Result<bool, ApiError> {
+    if space.is_global() {
+        return Ok(false);
+    }
+    Ok(st
+        .redis(st.store.workflow_info(Space::Global, path))
+        .await?
+        .is_some())
+}
+
 /// `{path, size, modified, created}` as ComfyUI 0.3.64 (float seconds).
 fn full_info(path: &str, f: &FileInfo) -> Map<String, Value> {
     let mut m = Map::new();
@@ -230,6 +242,16 @@ fn file_response(path: &str, bytes: Vec<u8>) -> Response {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// A refused path when reading or deleting: a well-formed path outside the workflow directories
+/// simply does not exist (404, as ComfyUI answers a missing file); anything else is 403.
+fn unreadable(e: PathError) -> ApiError {
+    if e == PathError::NotAllowed {
+        ApiError::NotFoundEmpty
+    } else {
+        forbidden_empty()
+    }
 }
 
 fn forbidden_empty() -> ApiError {
@@ -309,7 +331,7 @@ pub(crate) async fn get_userdata(
     if file == WORKFLOWS_DIR {
         return mss_list(&st, &id).await;
     }
-    let path = wf::file_path(&file).map_err(|_| forbidden_empty())?;
+    let path = wf::file_path(&file).map_err(unreadable)?;
     match load(&st, &id, path, global_flag(&q)).await? {
         Some((bytes, _)) => Ok(file_response(path, bytes)),
         None => Err(ApiError::NotFoundEmpty),
@@ -334,6 +356,9 @@ pub(crate) async fn post_userdata(
     let path = wf::file_path(&file).map_err(|_| forbidden_empty())?;
     let space = write_space(&id, &q)?;
     let bytes = read_body(body, &headers, body_limit(&st)).await?;
+    if !overwrite(&q) && shadows_global(&st, space, path).await? {
+        return Err(common_error(WorkflowError::Exists));
+    }
     let f = timed(
         &st,
         st.store
@@ -357,13 +382,12 @@ pub(crate) async fn delete_userdata(
         return mss_delete(&st, &id, None, &q).await;
     }
     require(&id, Permission::CanModifyWorkflows)?;
-    let path = wf::file_path(&file).map_err(|_| forbidden_empty())?;
+    let path = wf::file_path(&file).map_err(unreadable)?;
     match existing_space(&st, &id, path, &q, cannot_touch_global).await? {
-        Some(space) => {
-            st.redis(st.store.workflow_delete(space, path)).await?;
+        Some(space) if st.redis(st.store.workflow_delete(space, path)).await? => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        None => Err(ApiError::NotFoundEmpty),
+        _ => Err(ApiError::NotFoundEmpty),
     }
 }
 
@@ -377,11 +401,14 @@ pub(crate) async fn move_userdata(
     let q = query_pairs(query.as_deref());
     require(&id, Permission::CanModifyWorkflows)?;
     let (file, dest) = (unescape_again(file), unescape_again(dest));
-    let src = wf::file_path(&file).map_err(|_| forbidden_empty())?;
+    let src = wf::file_path(&file).map_err(unreadable)?;
     let dst = wf::file_path(&dest).map_err(|_| forbidden_empty())?;
     let Some(space) = existing_space(&st, &id, src, &q, cannot_touch_global).await? else {
         return Err(ApiError::NotFoundEmpty);
     };
+    if !overwrite(&q) && shadows_global(&st, space, dst).await? {
+        return Err(common_error(WorkflowError::Exists));
+    }
     let f = timed(&st, st.store.workflow_move(space, src, dst, overwrite(&q)))
         .await?
         .map_err(common_error)?;
@@ -559,11 +586,10 @@ async fn mss_delete(
     };
     let refused = || text(StatusCode::FORBIDDEN, "Cannot delete global workflows");
     match existing_space(st, id, &path, q, refused).await? {
-        Some(space) => {
-            st.redis(st.store.workflow_delete(space, &path)).await?;
+        Some(space) if st.redis(st.store.workflow_delete(space, &path)).await? => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        None => Err(text(StatusCode::NOT_FOUND, "Workflow not found")),
+        _ => Err(text(StatusCode::NOT_FOUND, "Workflow not found")),
     }
 }
 

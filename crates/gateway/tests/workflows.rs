@@ -526,6 +526,11 @@ async fn global_workflows_are_read_by_all_and_written_by_admins() {
     );
     assert_eq!(t.get(0, &user, g).await.2, b"{\"g\":1}");
 
+    // overwrite=false: the name is taken (the user sees the global file).
+    let (s, _, b) = t
+        .post(0, &user, &format!("{g}?overwrite=false"), b"{}")
+        .await;
+    assert_eq!((s, text(&b)), (409, "File already exists"));
     // The user's own file of the same name wins for them only.
     assert_eq!(t.post(0, &user, g, b"{\"mine\":1}").await.0, 200);
     assert_eq!(t.get(1, &user, g).await.2, b"{\"mine\":1}");
@@ -575,9 +580,13 @@ async fn traversal_and_paths_outside_the_workflow_dirs_are_refused() {
         if enc != "workflows" {
             let (s, _, b) = t.post(0, &tok, &path, b"{}").await;
             assert_eq!((s, b.len()), (403, 0), "POST {enc}");
+            // Reading or deleting: a well-formed name outside the workflow directories is
+            // simply not there; anything malformed is refused.
+            let outside = enc == "comfy.settings.json" || enc == "other%2Fx.json";
+            let expected = if outside { 404 } else { 403 };
             let (s, _, _) = t.get(0, &tok, &path).await;
-            assert_eq!(s, 403, "GET {enc}");
-            assert_eq!(t.delete(0, &tok, &path).await.0, 403, "DELETE {enc}");
+            assert_eq!(s, expected, "GET {enc}");
+            assert_eq!(t.delete(0, &tok, &path).await.0, expected, "DELETE {enc}");
         }
         let (s, _, _) = t
             .post(
