@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod logging;
 mod shutdown;
+mod workflows_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,11 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         command: admin::JobsCommand,
+    },
+    /// Workflows in Redis: import a directory (global or a user's), list.
+    Workflows {
+        #[command(subcommand)]
+        command: workflows_cmd::WorkflowsCommand,
     },
 }
 
@@ -177,6 +183,13 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
+        Command::Workflows { command } => {
+            let limits = store::workflows::Limits {
+                max_bytes: config.gateway.workflow_max_bytes,
+                max_files: config.gateway.workflow_max_files,
+            };
+            workflows_cmd::run(&connect(&config).await?, limits, command).await
+        }
         Command::Token {
             command:
                 TokenCommand::Jwt {
