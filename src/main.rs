@@ -158,10 +158,10 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::Dev(args) => dev::run(args, config).await,
         Command::Sim { listen, node_time } => {
-            let mut sim_config = comfy_sim::SimConfig::default();
-            if let Some(t) = node_time {
-                sim_config.work_time = t;
-            }
+            let sim_config = comfy_sim::SimConfig {
+                work_time: node_time.unwrap_or_default(),
+                ..comfy_sim::SimConfig::default()
+            };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;

@@ -36,8 +36,6 @@ pub(crate) enum JobEnd {
     Shutdown,
 }
 
-/// Pauses between finish attempts when Redis fails.
-
 struct Run {
     lease: Arc<Lease>,
     backend_pid: String,
