@@ -76,6 +76,9 @@ enum Command {
         #[command(subcommand)]
         command: workflows_cmd::WorkflowsCommand,
     },
+    /// Load benchmark of a whole stack (separate processes over loopback); see the README's
+    /// "Performance" section.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +160,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args, config).await,
+        Command::Bench(args) => Ok(bench::run(args).await?),
         Command::Sim { listen, node_time } => {
             let sim_config = comfy_sim::SimConfig {
                 work_time: node_time.unwrap_or_default(),
