@@ -98,14 +98,20 @@ pub async fn run(
         );
         tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let conn = tokio::time::timeout(
-                Duration::from_secs(30),
-                tokio_tungstenite::connect_async(url),
-            )
+            // Open means upgraded and subscribed: the first `status` message arrived.
+            let conn = tokio::time::timeout(Duration::from_secs(30), async {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+                while let Some(Ok(m)) = ws.next().await {
+                    if matches!(&m, Message::Text(t) if t.as_str().contains("\"status\"")) {
+                        return Some(ws);
+                    }
+                }
+                None
+            })
             .await;
             drop(permit);
             let mut ws = match conn {
-                Ok(Ok((ws, _))) => {
+                Ok(Some(ws)) => {
                     opened.fetch_add(1, Ordering::Relaxed);
                     let _ = done.send(()).await;
                     ws

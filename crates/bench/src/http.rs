@@ -127,10 +127,7 @@ pub async fn closed_loop(
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::new();
             let mut errors = 0u64;
-            let mut conn = match Conn::connect(&addr).await {
-                Ok(c) => Some(c),
-                Err(_) => None,
-            };
+            let mut conn = Conn::connect(&addr).await.ok();
             while Instant::now() < deadline && lat.len() < MAX_SAMPLES {
                 let Some(c) = conn.as_mut() else {
                     errors += 1;

@@ -123,7 +123,7 @@ async fn http_load(
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
-        .last()
+        .next_back()
         .ok_or_else(|| BenchError::Msg(format!("http load generator failed: {}", out.status)))?;
     Ok(serde_json::from_str(line)?)
 }
@@ -320,6 +320,8 @@ impl E2e {
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws?clientId={cid}&token={tok}"))
                 .await
                 .map_err(|e| BenchError::Msg(format!("websocket: {e}")))?;
+        let mut ws = ws;
+        wait_status(&mut ws).await?;
         Ok(E2e {
             ws,
             conn: Conn::connect(addr).await?,
@@ -354,6 +356,23 @@ impl E2e {
             if v["data"]["node"].is_null() && v["data"]["prompt_id"] == id.as_str() {
                 return Ok(Some(t.elapsed().as_micros().min(u32::MAX as u128) as u32));
             }
+        }
+    }
+}
+
+/// Waits for the first `status` message: the gateway sends it once the user's events are
+/// subscribed (a client that submits before it may miss its job's events, as with ComfyUI).
+async fn wait_status<S>(ws: &mut S) -> Result<(), BenchError>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"status\"") => return Ok(()),
+            Ok(Some(Ok(_))) => continue,
+            _ => return Err(BenchError::Msg("no status message on the socket".into())),
         }
     }
 }
@@ -468,6 +487,24 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         |runs: &[Value], k: &str| r2(median(runs.iter().filter_map(|r| r[k].as_f64()).collect()));
     let e2e = json!({"runs": e2e_runs, "p50_ms": med(&e2e_runs, "p50_ms"), "p99_ms": med(&e2e_runs, "p99_ms")});
 
+    // 4. Memory of a gateway holding idle sockets (before the fan-out bursts, whose peak the
+    // allocator keeps).
+    let memory = if let Some(&pid) = stack.gateway_pids.first() {
+        let n = s.idle_sockets;
+        log(&format!("memory: {n} idle sockets on one gateway"));
+        let before = rss_mib(pid).unwrap_or(0.0);
+        let one = vec![gws[0].clone(), gws[0].clone()];
+        let (hs, open) = start_holders(&one, 1_000_000, n).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_mib(pid).unwrap_or(0.0);
+        drop(hs);
+        json!({"sockets": n, "open": open, "rss_before_mib": r2(before), "rss_mib": r2(after),
+            "per_socket_kib": if open > 0 { r2((after - before) * 1024.0 / open as f64) } else { 0.0 }})
+    } else {
+        json!(null)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // 3. Fan-out.
     let mut fanout = Vec::new();
     for (k, &n) in s.sockets.iter().enumerate() {
@@ -513,22 +550,6 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // 4. Memory of a gateway holding idle sockets.
-    let memory = if let Some(&pid) = stack.gateway_pids.first() {
-        let n = s.idle_sockets;
-        log(&format!("memory: {n} idle sockets on one gateway"));
-        let before = rss_mib(pid).unwrap_or(0.0);
-        let one = vec![gws[0].clone(), gws[0].clone()];
-        let (hs, open) = start_holders(&one, 1_000_000, n).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_mib(pid).unwrap_or(0.0);
-        drop(hs);
-        json!({"sockets": n, "open": open, "rss_before_mib": r2(before), "rss_mib": r2(after),
-            "per_socket_kib": if open > 0 { r2((after - before) * 1024.0 / open as f64) } else { 0.0 }})
-    } else {
-        json!(null)
-    };
-
     // 5. Sustained run.
     let sustained = sustained(&s, &mut stack, &mut publisher, &keys).await?;
 
@@ -544,8 +565,11 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         let h = http_load(&gws[0], "healthz", s.concurrency, s.duration_s).await?;
         let p = http_load(&gws[0], "prompt", s.concurrency, s.duration_s).await?;
         let n = if args.quick { 20_000 } else { 100_000 };
-        let x = xadd(&host, port, s.concurrency, 1, n, &prompt_body("x")).await;
-        let xp = xadd(&host, port, s.concurrency, 16, n, &prompt_body("x")).await;
+        // An entry the size of a prompt (without commas: redis-benchmark's CSV names the test
+        // by its command line).
+        let payload = vec![b'x'; prompt_body("x").len()];
+        let x = xadd(&host, port, s.concurrency, 1, n, &payload).await;
+        let xp = xadd(&host, port, s.concurrency, 16, n, &payload).await;
         submit_runs.push(json!({
             "healthz_rps": h.rps, "healthz_p50_ms": h.p50_ms, "healthz_p99_ms": h.p99_ms, "healthz_errors": h.errors,
             "submit_rps": p.rps, "submit_p50_ms": p.p50_ms, "submit_p99_ms": p.p99_ms, "submit_errors": p.errors,
@@ -632,7 +656,7 @@ async fn xadd(
         .ok()?
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().filter(|l| !l.trim().is_empty()).last()?;
+    let line = text.lines().rfind(|l| !l.trim().is_empty())?;
     let f: Vec<f64> = line
         .split("\",\"")
         .map(|c| c.trim_matches('"').parse().unwrap_or(0.0))

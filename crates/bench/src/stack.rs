@@ -12,8 +12,6 @@ use crate::BenchError;
 
 /// A child process.
 pub struct Proc {
-    /// Its role, for messages.
-    pub name: String,
     /// The process.
     pub child: Child,
 }
@@ -108,10 +106,7 @@ impl Stack {
                     .kill_on_drop(true)
                     .spawn()
                     .map_err(|e| BenchError::Msg(format!("starting redis-server: {e}")))?;
-                s.procs.push(Proc {
-                    name: "redis".into(),
-                    child,
-                });
+                s.procs.push(Proc { child });
                 let url = format!("redis://127.0.0.1:{port}");
                 wait_redis(&url).await?;
                 url
@@ -129,16 +124,13 @@ impl Stack {
                 .kill_on_drop(true);
         };
         let mut backends = Vec::new();
-        for i in 0..spec.backends {
+        for _ in 0..spec.backends {
             let port = free_port()?;
             let mut c = Command::new(exe()?);
             c.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
             c.args(["--node-time", &format!("{}ms", spec.node_time.as_millis())]);
             env(&mut c, &s);
-            s.procs.push(Proc {
-                name: format!("sim{i}"),
-                child: c.spawn()?,
-            });
+            s.procs.push(Proc { child: c.spawn()? });
             backends.push(format!("127.0.0.1:{port}"));
         }
         for b in &backends {
@@ -152,20 +144,14 @@ impl Stack {
             }
             c.env("COMFY_BROKER__WORKER__ID", "bench-w1");
             env(&mut c, &s);
-            s.worker = Some(Proc {
-                name: "worker".into(),
-                child: c.spawn()?,
-            });
+            s.worker = Some(Proc { child: c.spawn()? });
         }
-        for i in 0..spec.gateways {
+        for _ in 0..spec.gateways {
             let port = free_port()?;
             let mut c = Command::new(exe()?);
             c.args(["gateway", "--listen", &format!("127.0.0.1:{port}")]);
             env(&mut c, &s);
-            let p = Proc {
-                name: format!("gateway{i}"),
-                child: c.spawn()?,
-            };
+            let p = Proc { child: c.spawn()? };
             s.gateway_pids.push(p.pid());
             s.procs.push(p);
             s.gateways.push(format!("127.0.0.1:{port}"));
