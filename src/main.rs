@@ -123,7 +123,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 config.gateway.listen = l;
             }
             let store = connect(&config).await?;
-            let files = files::FileStore::local(&config.files.dir)?;
+            let files = files::FileStore::from_config(&config.files)?;
             let jwt = auth::JwtKeys::new(config.auth.clone())?;
             let listener = tokio::net::TcpListener::bind(config.gateway.listen)
                 .await
@@ -145,7 +145,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 "no backends: set worker.backends in the config or pass --backend URL"
             );
             let store = connect(&config).await?;
-            let files = files::FileStore::local(&config.files.dir)?;
+            let files = files::FileStore::from_config(&config.files)?;
             worker::run(store, files, config.worker.clone(), shutdown::signal()).await?;
             Ok(())
         }

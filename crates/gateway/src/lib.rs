@@ -18,11 +18,13 @@ mod error;
 pub mod hub;
 mod info;
 mod jobs;
+mod nsfw;
 mod pool_view;
 mod prompt;
 mod queue;
 mod routes;
 mod state;
+mod upload;
 mod view;
 mod ws;
 
