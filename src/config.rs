@@ -160,7 +160,8 @@ mod tests {
     #[test]
     fn every_key_is_documented_in_the_readme() {
         let readme = include_str!("../README.md");
-        let doc: toml::Value = toml::from_str(&Config::default().to_redacted_toml().unwrap()).unwrap();
+        let doc: toml::Value =
+            toml::from_str(&Config::default().to_redacted_toml().unwrap()).unwrap();
         let mut missing = Vec::new();
         for (section, table) in doc.as_table().unwrap() {
             for key in table.as_table().unwrap().keys() {
@@ -181,7 +182,9 @@ mod tests {
         c.files.s3_secret_access_key = "s3-hunter3".into();
         let text = c.to_redacted_toml().unwrap();
         assert!(
-            !text.contains("super-secret") && !text.contains("hunter2") && !text.contains("hunter3"),
+            !text.contains("super-secret")
+                && !text.contains("hunter2")
+                && !text.contains("hunter3"),
             "{text}"
         );
         let dir = tempfile::tempdir().unwrap();

@@ -149,7 +149,9 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     }
     // `dev` keeps its files under --data-dir unless the config chose another store.
     let mut files_config = config.files.clone();
-    if files_config.backend == files::Backend::Local && files_config.dir == files::FilesConfig::default().dir {
+    if files_config.backend == files::Backend::Local
+        && files_config.dir == files::FilesConfig::default().dir
+    {
         files_config.dir = data_dir.join("files");
     }
     let files = files::FileStore::from_config(&files_config)?;

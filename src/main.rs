@@ -51,6 +51,10 @@ enum Command {
         /// Work time of every node (e.g. `200ms`).
         #[arg(long, value_parser = humantime::parse_duration)]
         node_time: Option<Duration>,
+        /// A model file the node pretends to have, as `folder/name` (e.g.
+        /// `checkpoints/sd15.safetensors`; repeatable), so graphs with loaders validate.
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     /// Mint tokens.
     Token {
@@ -150,10 +154,24 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args, config).await,
-        Command::Sim { listen, node_time } => {
+        Command::Sim {
+            listen,
+            node_time,
+            models,
+        } => {
             let mut sim_config = comfy_sim::SimConfig::default();
             if let Some(t) = node_time {
                 sim_config.work_time = t;
+            }
+            for m in models {
+                let Some((folder, name)) = m.split_once('/') else {
+                    anyhow::bail!("--model must be folder/name, got {m:?}");
+                };
+                sim_config
+                    .models
+                    .entry(folder.to_owned())
+                    .or_default()
+                    .push(name.to_owned());
             }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -72,6 +72,8 @@ pub struct StackOptions {
     pub own_redis_with_aof: bool,
     /// Extra environment for every worker (e.g. short leases).
     pub worker_env: Vec<(String, String)>,
+    /// Extra arguments of every simulated backend (e.g. `--model checkpoints/x.safetensors`).
+    pub sim_args: Vec<String>,
 }
 
 /// Fast failure detection for reliability tests.
@@ -149,6 +151,7 @@ impl Stack {
             let port = free_port();
             let mut cmd = Command::new(bin());
             cmd.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
+            cmd.args(&opts.sim_args);
             s.env(&mut cmd);
             s.procs.push(Proc {
                 name: format!("sim{i}"),
