@@ -167,8 +167,8 @@ async fn classifier(calls: Arc<AtomicUsize>) -> String {
                         let img = img.to_rgb8();
                         let n = (img.width() * img.height()).max(1) as u64;
                         let sum = img.pixels().fold([0u64; 3], |mut s, p| {
-                            for c in 0..3 {
-                                s[c] += p.0[c] as u64;
+                            for (acc, v) in s.iter_mut().zip(p.0) {
+                                *acc += v as u64;
                             }
                             s
                         });
