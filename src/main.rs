@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod logging;
 mod shutdown;
+mod workflows_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
+    /// Workflows in Redis: import a directory (global or a user's), list.
+    Workflows {
+        #[command(subcommand)]
+        command: workflows_cmd::WorkflowsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +135,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             let store = connect(&config).await?;
             let files = files::FileStore::from_config(&config.files)?;
             let jwt = auth::JwtKeys::new(config.auth.clone())?;
+            bootstrap(&store, &config).await?;
             let listener = tokio::net::TcpListener::bind(config.gateway.listen)
                 .await
                 .with_context(|| format!("binding {}", config.gateway.listen))?;
@@ -194,6 +201,13 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
+        Command::Workflows { command } => {
+            let limits = store::workflows::Limits {
+                max_bytes: config.gateway.workflow_max_bytes,
+                max_files: config.gateway.workflow_max_files,
+            };
+            workflows_cmd::run(&connect(&config).await?, limits, command).await
+        }
         Command::Token {
             command:
                 TokenCommand::Jwt {
@@ -204,13 +218,44 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 },
         } => {
             config.validate_auth()?;
-            let role = auth::Role::parse(&role).context("unknown role")?;
+            let mut role = auth::Role::parse(&role).context("unknown role")?;
             let keys = auth::JwtKeys::new(config.auth.clone())?;
-            let id = id.unwrap_or_else(|| dev::user_id_for(&user));
+            // A user of the accounts store gets their own id and current role.
+            let account = match connect(&config).await {
+                Ok(store) => store.user(&user).await.ok().flatten(),
+                Err(_) => None,
+            };
+            let id = match (&account, id) {
+                (Some(a), _) => {
+                    role = auth::Role::parse(&a.role).unwrap_or(role);
+                    a.id.clone()
+                }
+                (None, Some(id)) => id,
+                (None, None) => dev::user_id_for(&user),
+            };
             let (token, _) = keys.mint(&id, &user, role, ttl)?;
             println!("{token}");
             Ok(())
         }
+    }
+}
+
+/// Creates the configured bootstrap owner when Redis has no user yet.
+async fn bootstrap(store: &store::Store, config: &Config) -> anyhow::Result<()> {
+    match (
+        &config.accounts.bootstrap_owner,
+        &config.accounts.bootstrap_password,
+    ) {
+        (Some(name), Some(password)) => {
+            if gateway::bootstrap_owner(store, name, password).await? {
+                tracing::info!(owner = %name, "bootstrap owner created");
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        _ => anyhow::bail!(
+            "set both accounts.bootstrap_owner and accounts.bootstrap_password, or neither"
+        ),
     }
 }
 

@@ -158,27 +158,41 @@ impl AccountsAuthenticator {
 
     async fn account_checks(&self, mut identity: Identity) -> Result<Identity, AuthError> {
         let unavailable = |_| AuthError::Unavailable;
+        let mut had_session = false;
         if let Some(jti) = &identity.session_id {
             if let Some(session) = self.store.session(jti).await.map_err(unavailable)? {
                 if session.revoked || session.user_id != identity.user_id {
                     return Err(AuthError::Revoked);
                 }
+                had_session = true;
             }
         }
-        if let Some(user) = self
+        // Deleting or disabling a user ends all of their tokens and sessions. A JWT minted by
+        // an operator (`comfy-broker token jwt`) for an identity outside the accounts store has
+        // no session record and no user: it is trusted on its signature.
+        let Some(user) = self
             .store
             .user_by_id(&identity.user_id)
             .await
             .map_err(unavailable)?
-        {
-            if user.disabled {
+        else {
+            let deleted = self
+                .store
+                .user_was_deleted(&identity.user_id)
+                .await
+                .map_err(unavailable)?;
+            if deleted || had_session || identity.session_id.is_none() {
                 return Err(AuthError::Revoked);
             }
-            if let Some(role) = auth::Role::parse(&user.role) {
-                identity.role = role;
-            }
-            identity.username = user.username;
+            return Ok(identity);
+        };
+        if user.disabled {
+            return Err(AuthError::Revoked);
         }
+        if let Some(role) = auth::Role::parse(&user.role) {
+            identity.role = role;
+        }
+        identity.username = user.username;
         Ok(identity)
     }
 
@@ -313,6 +327,37 @@ pub(crate) async fn authenticate_parts(
     }
 }
 
+/// True when a browser-sent request may use the cookie: not `Sec-Fetch-Site: cross-site`, and
+/// its `Origin` (if any) is listed in `allowed_origins` or is the request's own host. A cookie
+/// is the one carrier a browser attaches by itself, so this is the CSRF guard.
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"));
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return !cross_site;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    if cross_site {
+        return false;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(origin);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
 /// Middleware: refuse unauthenticated requests, attach `Identity` and [`AuthInfo`].
 pub(crate) async fn require_auth(
     State(state): State<Arc<AppState>>,
@@ -321,6 +366,15 @@ pub(crate) async fn require_auth(
 ) -> Response {
     let uri = req.uri().clone();
     match authenticate_parts(&state, uri.path(), req.headers(), uri.query()).await {
+        Ok((_, Carrier::Cookie))
+            if !origin_allowed(req.headers(), &state.config.allowed_origins) =>
+        {
+            ApiError::ForbiddenOther(
+                "forbidden_origin",
+                "this Origin may not use the session cookie; send the token as Authorization: Bearer".into(),
+            )
+            .into_response()
+        }
         Ok((identity, carrier)) => {
             req.extensions_mut().insert(identity);
             req.extensions_mut().insert(AuthInfo { carrier });
@@ -359,5 +413,28 @@ mod tests {
         h.insert("sec-fetch-mode", HeaderValue::from_static("navigate"));
         assert!(wants_login_page("/queue", &h));
         assert!(!wants_login_page("/queue", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn cookie_origins() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&h, &[]));
+        h.insert(header::HOST, HeaderValue::from_static("gw.example:8190"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gw.example:8190"),
+        );
+        assert!(origin_allowed(&h, &[]));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["https://evil.example".into()]));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!origin_allowed(&h, &[]));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(origin_allowed(&h, &[]));
     }
 }

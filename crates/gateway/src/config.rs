@@ -33,8 +33,9 @@ pub struct GatewayConfig {
     /// How often the pool's node catalogue, models and system stats are re-read from Redis.
     #[serde(with = "humantime_serde")]
     pub catalog_refresh: Duration,
-    /// Origins allowed to open `/ws` with only the `jwt_token` cookie (besides the request's own
-    /// host). Token carriers a browser does not send by itself (Bearer, query) are not checked.
+    /// Origins allowed to use the `jwt_token` cookie (REST and `/ws`) besides the request's own
+    /// host; `*` allows any. Token carriers a browser does not attach by itself (Bearer, query)
+    /// are not checked.
     pub allowed_origins: Vec<String>,
     /// Where browsers without a valid token are redirected.
     pub login_path: String,
@@ -45,13 +46,31 @@ pub struct GatewayConfig {
     /// `Retry-After` seconds sent with 503 and 429 answers.
     pub retry_after_secs: u64,
     /// How long an authentication answer (API token look-up, session revocation, disabled
-    /// user, current role) is reused: revocation takes effect within this time.
+    /// user, current role) is reused: revocation takes effect within this time. Open `/ws`
+    /// sockets have their token checked again this often (at least every 100 ms); a revoked
+    /// token or a disabled user closes them with 1008.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
+    /// Failed logins allowed per user name within `login_failure_window` before `/login` and
+    /// `/mss-login/generate_token` answer 429 for that name.
+    pub login_max_failures: u64,
+    /// Failed logins allowed per client address within `login_failure_window`.
+    pub login_max_failures_per_address: u64,
+    /// Window of the failed-login counters.
+    #[serde(with = "humantime_serde")]
+    pub login_failure_window: Duration,
+    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy that
+    /// sets it); otherwise the TCP peer address is used.
+    pub trust_forwarded_for: bool,
     /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
     /// (time for load balancers to notice).
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// Largest workflow (userdata) file, in bytes; over it → 413.
+    pub workflow_max_bytes: u64,
+    /// Most workflow files one user may keep (the global space has the same limit); a new file
+    /// past it is refused with 403.
+    pub workflow_max_files: u64,
 }
 
 impl Default for GatewayConfig {
@@ -70,8 +89,14 @@ impl Default for GatewayConfig {
             login_path: "/login".into(),
             redis_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
-            auth_cache_ttl: Duration::from_secs(5),
+            auth_cache_ttl: Duration::from_secs(2),
+            login_max_failures: 10,
+            login_max_failures_per_address: 30,
+            login_failure_window: Duration::from_secs(15 * 60),
+            trust_forwarded_for: false,
             drain_delay: Duration::from_secs(0),
+            workflow_max_bytes: 10 * 1024 * 1024,
+            workflow_max_files: 1000,
         }
     }
 }
@@ -96,9 +121,47 @@ impl GatewayConfig {
         if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
             return Err("gateway intervals must be positive".into());
         }
+        if self.login_max_failures == 0 || self.login_max_failures_per_address == 0 {
+            return Err("gateway login failure limits must be at least 1".into());
+        }
+        if self.login_failure_window.is_zero() {
+            return Err("gateway.login_failure_window must be positive".into());
+        }
+        if self.workflow_max_bytes == 0 || self.workflow_max_files == 0 {
+            return Err(
+                "gateway.workflow_max_bytes and workflow_max_files must be positive".into(),
+            );
+        }
         if !self.login_path.starts_with('/') {
             return Err("gateway.login_path must start with '/'".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_humantime_and_rejects_unknown_keys() {
+        let c: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "listen": "0.0.0.0:9000",
+            "ws_ping_interval": "15s",
+            "catalog_refresh": "500ms",
+            "pools": ["gpu"]
+        }))
+        .unwrap();
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(15));
+        assert_eq!(c.catalog_refresh, Duration::from_millis(500));
+        assert_eq!(c.primary_pool(), "gpu");
+        assert_eq!(c.max_request_bytes, 100 * 1024 * 1024);
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_value::<GatewayConfig>(serde_json::json!({"bogus": 1})).is_err());
+        let bad = GatewayConfig {
+            pools: vec![],
+            ..GatewayConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

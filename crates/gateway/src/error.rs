@@ -70,6 +70,10 @@ pub enum ApiError {
     /// A `Range` outside the file (its size).
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
+    /// A text/plain answer (ComfyUI's own bodies, e.g. userdata's `409 File already exists`);
+    /// an empty text gives an empty body without a content type, as ComfyUI sends it.
+    #[error("{0}: {1}")]
+    Text(StatusCode, String),
     /// A fixed answer with a given status and JSON body (ComfyUI's own shapes, e.g. the jobs
     /// API's `{"error": "Job not found"}`).
     #[error("{0}")]
@@ -243,6 +247,18 @@ impl IntoResponse for ApiError {
                 r
             }
             ApiError::Raw(status, _kind, body) => json_response(status, body),
+            ApiError::Text(status, text) => {
+                let empty = text.is_empty();
+                let mut r = Response::new(Body::from(text));
+                *r.status_mut() = status;
+                if !empty {
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                r
+            }
         }
     }
 }

@@ -11,9 +11,13 @@
 //! gw.serve(listener, shutdown_signal()).await?;
 //! ```
 
+#![deny(missing_docs)]
+
+mod accounts;
 pub mod auth;
 mod body;
 mod config;
+mod cpe;
 mod error;
 pub mod hub;
 mod info;
@@ -26,15 +30,18 @@ mod routes;
 mod state;
 mod upload;
 mod view;
+mod workflows;
 mod ws;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::auth::{
     AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
 };
+pub use accounts::{bootstrap_owner, BootstrapError};
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};
 pub use hub::{Hub, HubConfig, HubStats};
@@ -63,14 +70,15 @@ impl Gateway {
         jwt: ::auth::JwtKeys,
         config: GatewayConfig,
     ) -> Result<Gateway, GatewayError> {
-        let auth = AccountsAuthenticator::new(jwt, store.clone(), config.auth_cache_ttl);
-        Self::with_authenticator(store, files, Arc::new(auth), config).await
+        let auth = AccountsAuthenticator::new(jwt.clone(), store.clone(), config.auth_cache_ttl);
+        Self::with_authenticator(store, files, jwt, Arc::new(auth), config).await
     }
 
     /// A gateway with any [`Authenticator`] (API tokens, revocation, user look-ups ...).
     pub async fn with_authenticator(
         store: store::Store,
         files: files::FileStore,
+        jwt: ::auth::JwtKeys,
         authenticator: Arc<dyn Authenticator>,
         config: GatewayConfig,
     ) -> Result<Gateway, GatewayError> {
@@ -95,13 +103,16 @@ impl Gateway {
                 close_timeout: config.ws_close_timeout,
                 redis_timeout: config.redis_timeout,
                 features: features.clone(),
+                auth_recheck: config.auth_cache_ttl.max(Duration::from_millis(100)),
             },
+            Some(authenticator.clone()),
         );
         let state = Arc::new(AppState {
             config,
             store,
             files,
             auth: authenticator,
+            jwt,
             pool_view,
             hub,
             draining: Default::default(),
@@ -148,9 +159,12 @@ impl Gateway {
             }
             state.hub.close_all(hub::CLOSE_GOING_AWAY);
         };
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(drain)
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain)
+        .await;
         drop(self);
         result
     }

@@ -126,10 +126,12 @@ pub(crate) async fn mark(
 /// Marks the output items of history entries (`(prompt_id, entry JSON)`): `"nsfw": true` on
 /// flagged files (plus `"blocked": true` when the viewer's `sfw_check` refuses them) and
 /// `"expired": true` on files past their TTL (counted from the job's start). Entries are only
-/// parsed when something may need marking.
+/// parsed when something may need marking. `own` says the entries are all the viewer's; an
+/// admin's view of everyone's history keeps the marks the workers wrote.
 pub(crate) async fn annotate_history(
     st: &AppState,
     viewer: &Identity,
+    own: bool,
     entries: &mut [(String, String)],
 ) -> Result<(), ApiError> {
     if entries.is_empty() {
@@ -139,12 +141,17 @@ pub(crate) async fn annotate_history(
         st.files.config().ttl(FileKind::Output),
         st.files.config().ttl(FileKind::Temp),
     );
-    let flags = st.redis(st.store.nsfw_flags(&viewer.user_id)).await?;
-    let stale = entries.iter().any(|(_, e)| e.contains("\"nsfw\""));
-    if flags.is_empty() && ttls.0.is_none() && ttls.1.is_none() && !stale {
+    let flags = if own {
+        Some(st.redis(st.store.nsfw_flags(&viewer.user_id)).await?)
+    } else {
+        None
+    };
+    let stale = own && entries.iter().any(|(_, e)| e.contains("\"nsfw\""));
+    let no_flags = flags.as_ref().is_none_or(HashMap::is_empty);
+    if no_flags && ttls.0.is_none() && ttls.1.is_none() && !stale {
         return Ok(());
     }
-    let blocks = !flags.is_empty() && sfw_check(st, &viewer.user_id).await?;
+    let blocks = !no_flags && sfw_check(st, &viewer.user_id).await?;
     let now = now_ms();
     for (pid, entry) in entries.iter_mut() {
         let Ok(mut v) = serde_json::from_str::<Value>(entry) else {
@@ -160,7 +167,7 @@ pub(crate) async fn annotate_history(
                         .flatten()
                 })
             });
-        if mark_outputs(&mut v, &flags, blocks, ttls, started, now) {
+        if mark_outputs(&mut v, flags.as_ref(), blocks, ttls, started, now) {
             *entry = v.to_string();
         }
         let _ = pid;
@@ -168,10 +175,11 @@ pub(crate) async fn annotate_history(
     Ok(())
 }
 
-/// Marks one entry's output items; true when anything changed.
+/// Marks one entry's output items (NSFW marks only when `flags` is given); true when anything
+/// changed.
 fn mark_outputs(
     entry: &mut Value,
-    flags: &HashMap<String, NsfwVerdict>,
+    flags: Option<&HashMap<String, NsfwVerdict>>,
     blocks: bool,
     ttls: (Option<std::time::Duration>, Option<std::time::Duration>),
     started_ms: Option<i64>,
@@ -204,14 +212,20 @@ fn mark_outputs(
                 } else {
                     format!("{kind_s}/{sub}/{name}")
                 };
-                if flags.contains_key(&path) {
-                    item.insert("nsfw".into(), Value::Bool(true));
-                    if blocks {
-                        item.insert("blocked".into(), Value::Bool(true));
+                match flags {
+                    Some(f) if f.contains_key(&path) => {
+                        item.insert("nsfw".into(), Value::Bool(true));
+                        if blocks {
+                            item.insert("blocked".into(), Value::Bool(true));
+                        }
+                        changed = true;
                     }
-                    changed = true;
-                } else if item.remove("nsfw").is_some() | item.remove("blocked").is_some() {
-                    changed = true;
+                    Some(_) => {
+                        if item.remove("nsfw").is_some() | item.remove("blocked").is_some() {
+                            changed = true;
+                        }
+                    }
+                    None => {}
                 }
                 let ttl = match kind {
                     Some(FileKind::Output) => ttls.0,

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderName, Method};
+use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::require_auth;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{info, jobs, nsfw, prompt, queue, upload, view, ws};
+use crate::{accounts, cpe, info, jobs, nsfw, prompt, queue, upload, view, workflows, ws};
 
 /// Adds `path` and `/api{path}`.
 fn both(
@@ -63,6 +63,47 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     authed = both(authed, "/embeddings", get(info::embeddings));
     authed = both(authed, "/features", get(info::features));
     authed = both(authed, "/ws", get(ws::ws_upgrade));
+    // Workflows (userdata) and MSS-Login's forms of them; see workflows.rs.
+    authed = both(
+        authed,
+        "/userdata",
+        get(workflows::list_userdata)
+            .post(workflows::post_userdata_dir)
+            .delete(workflows::delete_userdata_dir),
+    );
+    authed = both(
+        authed,
+        "/userdata/{file}",
+        get(workflows::get_userdata)
+            .post(workflows::post_userdata)
+            .delete(workflows::delete_userdata),
+    );
+    authed = both(
+        authed,
+        "/userdata/{file}/move/{dest}",
+        post(workflows::move_userdata),
+    );
+    for path in ["/userdata/workflows/", "/userdata/workflows/{*name}"] {
+        authed = both(
+            authed,
+            path,
+            get(workflows::mss_get)
+                .post(workflows::mss_post)
+                .delete(workflows::mss_remove),
+        );
+    }
+    authed = both(authed, "/v2/userdata", get(workflows::list_userdata_v2));
+    // The Comfy Portal endpoints (mss-login-api.md §7); see cpe.rs.
+    authed = both(authed, "/cpe/workflow/list", get(cpe::list));
+    authed = both(authed, "/cpe/workflow/get", get(cpe::get));
+    authed = both(authed, "/cpe/workflow/save", post(cpe::save));
+    authed = both(
+        authed,
+        "/cpe/workflow/get-and-convert",
+        get(cpe::get_and_convert),
+    );
+    authed = both(authed, "/cpe/workflow/convert", post(cpe::convert_body));
+    authed = both(authed, "/cpe/health", get(cpe::health));
     // The jobs API exists only under /api (ComfyUI also answers at /api/api/jobs...).
     for prefix in ["/api", "/api/api"] {
         authed = authed
@@ -74,11 +115,53 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 post(jobs::cancel_job),
             );
     }
+    // MSS-Login: the caller's API tokens and sessions.
+    for prefix in ["", "/api"] {
+        authed = authed
+            .route(
+                &format!("{prefix}/mss-login/api/tokens"),
+                get(accounts::list_tokens).delete(accounts::delete_token),
+            )
+            .route(
+                &format!("{prefix}/mss-login/api/tokens/{{prefix}}"),
+                delete(accounts::delete_token_path),
+            )
+            .route(
+                &format!("{prefix}/mss-login/me/sessions"),
+                get(accounts::list_sessions),
+            )
+            .route(
+                &format!("{prefix}/mss-login/me/sessions/revoke"),
+                post(accounts::revoke_session),
+            );
+    }
     authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
 
-    let open: Router<Arc<AppState>> = Router::new()
+    let mut open: Router<Arc<AppState>> = Router::new()
         .route("/healthz", get(info::healthz))
-        .route("/readyz", get(info::readyz));
+        .route("/readyz", get(info::readyz))
+        // Sessions and API tokens are obtained without a token.
+        .route("/login", get(info::login_hint).post(accounts::login))
+        .route("/logout", get(accounts::logout).post(accounts::logout))
+        .route(
+            "/mss-login/generate_token",
+            get(accounts::generate_token_page).post(accounts::generate_token),
+        )
+        .route("/generate_token", post(accounts::generate_token));
+    // These check the caller themselves, answering as MSS-Login does (a guest `me`, 403
+    // `Admin only`); their `/api` twins answer 401 without a token.
+    for prefix in ["", "/api"] {
+        open = open
+            .route(&format!("{prefix}/mss-login/api/me"), get(accounts::me))
+            .route(
+                &format!("{prefix}/mss-login/api/users"),
+                get(accounts::list_users).post(accounts::create_user),
+            )
+            .route(
+                &format!("{prefix}/mss-login/api/users/{{name}}"),
+                put(accounts::update_user).delete(accounts::delete_user),
+            );
+    }
 
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
@@ -148,8 +231,7 @@ async fn body_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -
     next.run(req).await
 }
 
-async fn not_found(method: Method) -> Response {
-    let _ = method;
+async fn not_found() -> Response {
     ApiError::NotFound("no such route".into()).into_response()
 }
 

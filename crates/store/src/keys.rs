@@ -15,6 +15,7 @@
 //! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
 //! | `<p>:{<pool>}:dead` | stream | dead letters: jobs that ran out of attempts |
 //! | `<p>:{<pool>}:hist:<uid>` | zset | the user's finished prompt ids, scored by completion order |
+//! | `<p>:{<pool>}:hist` | zset | every user's finished jobs as `<uid>:<pid>`, by completion order (admin views) |
 //! | `<p>:{<pool>}:hseq` | string | completion-order counter |
 //! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
 //! | `<p>:{<pool>}:backends` | hash | backend id → JSON `BackendInfo` published by its worker |
@@ -38,7 +39,17 @@
 //! | `<p>:{accounts}:tokens:<uid>` | set | the user's API token hashes |
 //! | `<p>:{accounts}:session:<jti>` | hash | a session JWT: owner, created, last_used, expires, revoked |
 //! | `<p>:{accounts}:sessions:<uid>` | zset | the user's session ids by creation |
+//! | `<p>:{accounts}:deleted:<uid>` | string | tombstone of a deleted user (expires after the longest token lifetime) |
 //! | `<p>:{accounts}:loginfail:<subject>` | string | failed logins of a name or address (expires) |
+//!
+//! Workflows (userdata files; one slot per space: tag `{wf:u:<uid>}` for a user's files,
+//! `{wf:global}` for the global ones; see `workflows.rs`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<p>:{wf:<space>}:data` | hash | path → the file's bytes, exactly as saved |
+//! | `<p>:{wf:<space>}:meta` | hash | path → `<size> <created_us> <modified_us>` |
+//! | `<p>:{wf:<space>}:idx` | zset | every path, score 0 (lexicographic ranges list a directory) |
 //!
 //! | channel | what |
 //! | --- | --- |
@@ -117,6 +128,11 @@ impl Keys {
     /// A user's history index.
     pub fn history(&self, pool: &str, uid: &str) -> String {
         format!("{}:hist:{}", self.pool_base(pool), uid)
+    }
+
+    /// Every user's history, for admins (`can_view_all`).
+    pub fn history_all(&self, pool: &str) -> String {
+        format!("{}:hist", self.pool_base(pool))
     }
 
     /// Completion-order counter.
@@ -208,6 +224,32 @@ impl Keys {
         self.account(format_args!("sessions:{uid}"))
     }
 
+    /// Tombstone of a deleted user id (its JWTs must stop working).
+    pub fn deleted_user(&self, uid: &str) -> String {
+        self.account(format_args!("deleted:{uid}"))
+    }
+
+    /// `<p>:{wf:<space>}` — the part every key of one workflow space starts with (`space` is
+    /// `u:<uid>` or `global`).
+    pub fn workflow_base(&self, space: &str) -> String {
+        format!("{}:{{wf:{}}}", self.prefix, space)
+    }
+
+    /// A workflow space's file contents.
+    pub fn workflow_data(&self, space: &str) -> String {
+        format!("{}:data", self.workflow_base(space))
+    }
+
+    /// A workflow space's sizes and times.
+    pub fn workflow_meta(&self, space: &str) -> String {
+        format!("{}:meta", self.workflow_base(space))
+    }
+
+    /// A workflow space's path index.
+    pub fn workflow_index(&self, space: &str) -> String {
+        format!("{}:idx", self.workflow_base(space))
+    }
+
     /// Failed-login counter of a name or address.
     pub fn login_failures(&self, subject: &str) -> String {
         self.account(format_args!("loginfail:{subject}"))
@@ -232,6 +274,7 @@ mod tests {
             k.dead("gpu"),
             k.history("gpu", "u1"),
             k.history_seq("gpu"),
+            k.history_all("gpu"),
             k.idempotency("gpu", "u1", "k"),
             k.backends("gpu"),
             k.object_info("gpu", "abc"),
@@ -241,5 +284,12 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }
         assert_eq!(k.events("u1"), "cb:ev:u1");
+        for key in [
+            k.workflow_data("u:u1"),
+            k.workflow_meta("u:u1"),
+            k.workflow_index("u:u1"),
+        ] {
+            assert!(key.starts_with("cb:{wf:u:u1}:"), "{key}");
+        }
     }
 }
