@@ -317,3 +317,36 @@ async fn nsfw_outputs_are_blocked_for_sfw_users_and_their_previews_withheld() {
         .to_rgb8();
     assert_eq!(img.get_pixel(0, 0).0, [255, 0, 0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_outputs_are_gone_and_history_says_so() {
+    let stack = Stack::with(StackOptions {
+        gateways: 1,
+        backends: 1,
+        env: vec![
+            ("COMFY_BROKER__FILES__OUTPUT_TTL".into(), "2s".into()),
+            ("COMFY_BROKER__FILES__SWEEP_INTERVAL".into(), "200ms".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let t = stack.token("alice");
+    let pid = stack
+        .submit(0, &t, &json!({"prompt": common::basic_prompt(16, 16)}))
+        .await;
+    let h = stack.wait_history(0, &t, &pid).await;
+    let item = h["outputs"]["2"]["images"][0].clone();
+    assert!(item.get("expired").is_none(), "{item}");
+    assert_eq!(view(&stack, 0, &t, &item).await.status(), 200);
+    let path = stack.files_dir.path().join(format!(
+        "users/id-alice/output/{pid}/{}",
+        item["filename"].as_str().unwrap_or("")
+    ));
+    assert!(path.is_file());
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(view(&stack, 0, &t, &item).await.status(), 404);
+    let h = stack.wait_history(0, &t, &pid).await;
+    assert_eq!(h["outputs"]["2"]["images"][0]["expired"], true, "{h}");
+    // The workers' sweeper deleted the file itself.
+    assert!(!path.exists(), "swept");
+}

@@ -267,7 +267,7 @@ mod tests {
         let ttl = Some(std::time::Duration::from_secs(10));
         assert!(mark_outputs(
             &mut e,
-            &flags,
+            Some(&flags),
             true,
             (None, ttl),
             Some(0),

@@ -94,3 +94,50 @@ impl Classifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: String, fail_closed: bool) -> WorkerConfig {
+        WorkerConfig {
+            nsfw_classifier: NsfwClassifier::Http,
+            nsfw_url: url,
+            nsfw_timeout: Duration::from_secs(2),
+            nsfw_fail_closed: fail_closed,
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// A port nothing listens on.
+    fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/classify")
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_open_or_closed_as_configured() {
+        let img = Bytes::from_static(b"\x89PNG");
+        let open = Classifier::new(&config(dead_url(), false)).expect("classifier");
+        assert_eq!(
+            open.classify("image/png", img.clone()).await,
+            Some(Verdict {
+                nsfw: false,
+                score: None
+            })
+        );
+        let closed = Classifier::new(&config(dead_url(), true)).expect("classifier");
+        assert_eq!(
+            closed.classify("image/png", img.clone()).await,
+            Some(Verdict {
+                nsfw: true,
+                score: None
+            })
+        );
+        let none = Classifier::new(&WorkerConfig::default()).expect("classifier");
+        assert!(!none.enabled());
+        assert_eq!(none.classify("image/png", img).await, None);
+    }
+}
