@@ -199,8 +199,10 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     let backend_urls: Vec<String> = if args.backends.is_empty() {
         for _ in 0..args.sim_backends.max(1) {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut sim_config = comfy_sim::SimConfig::default();
-            sim_config.work_time = args.sim_node_time;
+            let sim_config = comfy_sim::SimConfig {
+                work_time: args.sim_node_time,
+                ..comfy_sim::SimConfig::default()
+            };
             let handle = comfy_sim::spawn(listener, sim_config).await?;
             sims.push(handle);
         }

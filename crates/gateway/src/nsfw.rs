@@ -220,12 +220,10 @@ fn mark_outputs(
                         }
                         changed = true;
                     }
-                    Some(_) => {
-                        if item.remove("nsfw").is_some() | item.remove("blocked").is_some() {
-                            changed = true;
-                        }
+                    Some(_) if item.remove("nsfw").is_some() | item.remove("blocked").is_some() => {
+                        changed = true;
                     }
-                    None => {}
+                    _ => {}
                 }
                 let ttl = match kind {
                     Some(FileKind::Output) => ttls.0,

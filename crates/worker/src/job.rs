@@ -58,8 +58,6 @@ fn mark_flagged(output: &mut Value, flagged: &[(String, String, String)]) {
     }
 }
 
-/// Pauses between finish attempts when Redis fails.
-
 struct Run {
     lease: Arc<Lease>,
     backend_pid: String,
