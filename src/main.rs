@@ -67,6 +67,9 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
+    /// Client commands (login, run, queue ...): speak the public API, need no server config.
+    #[command(flatten)]
+    Client(client::cli::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +105,10 @@ enum TokenCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Client(cmd) => std::process::exit(client::cli::main(cmd)),
+        other => other,
+    };
     let config = Config::load(cli.config.as_deref())?;
     config.validate()?;
     logging::init(&config.log)?;
@@ -109,7 +116,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(run(cli.command, config))
+    runtime.block_on(run(command, config))
 }
 
 async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
@@ -169,6 +176,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
+        Command::Client(_) => anyhow::bail!("client commands are dispatched before this point"),
         Command::Token {
             command:
                 TokenCommand::Jwt {
