@@ -240,6 +240,7 @@ pub fn error_message(body: &str) -> String {
                 let msg = o.get("message").and_then(Value::as_str).unwrap_or("");
                 let details = o.get("details").and_then(Value::as_str).unwrap_or("");
                 return match (msg.is_empty(), details.is_empty()) {
+                    (false, false) if msg == details => msg.to_owned(),
                     (false, false) => format!("{msg}: {details}"),
                     (false, true) => msg.to_owned(),
                     (true, false) => details.to_owned(),

@@ -1,0 +1,532 @@
+//! The command-line client (`comfy-broker run|queue|history|cancel|login|logout`) as a user
+//! runs it: real processes against a real stack (Redis, gateway, worker, simulated ComfyUI).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{basic_prompt, Stack};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// A client command with a clean environment: its own config dir, the stack's URL and a token.
+fn client(config_dir: &Path, url: &str, token: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfy-broker"));
+    cmd.env_remove("COMFY_BROKER_URL")
+        .env_remove("COMFY_BROKER_TOKEN")
+        .env_remove("RUST_LOG")
+        .env("XDG_CONFIG_HOME", config_dir)
+        .env("HOME", config_dir)
+        .env("COMFY_BROKER_URL", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.env("COMFY_BROKER_TOKEN", t);
+    }
+    cmd
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn output(mut cmd: Command) -> Out {
+    let o = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("client finished in time")
+        .expect("client ran");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn write_workflow(dir: &Path, graph: &Value) -> std::path::PathBuf {
+    let p = dir.join("workflow.json");
+    std::fs::write(&p, graph.to_string()).unwrap();
+    p
+}
+
+/// Every stdout line is one JSON object; returns them.
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}
+
+async fn set_faults(stack: &Stack, faults: Value) {
+    let r = stack
+        .http
+        .post(format!("{}/sim/faults", stack.backends[0]))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+fn prompt_id_of(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .find(|l| l["type"] == "submitted")
+        .and_then(|l| l["data"]["prompt_id"].as_str())
+        .expect("a submitted line")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn run_downloads_the_png_and_set_changes_its_size() {
+    let stack = Stack::start(1, 1).await;
+    let token = stack.token("alice");
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(64, 64));
+    let out = dir.path().join("out");
+
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&token));
+    cmd.arg("run").arg(&wf).arg("--out").arg(&out);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    // Not a terminal: one JSON object per line, ComfyUI's events then the result.
+    let lines = json_lines(&r.stdout);
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    for t in [
+        "submitted",
+        "execution_start",
+        "executing",
+        "executed",
+        "execution_success",
+        "output",
+        "result",
+    ] {
+        assert!(types.contains(&t), "{t} missing from {types:?}");
+    }
+    let result = lines.last().unwrap();
+    assert_eq!(result["type"], "result");
+    assert_eq!(result["data"]["status"], "success");
+    let files = result["data"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1);
+    let png = Path::new(files[0].as_str().unwrap());
+    assert!(png.starts_with(&out), "{png:?}");
+    let img = image::open(png).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    assert!(
+        r.stderr.is_empty(),
+        "quiet on stderr by default: {}",
+        r.stderr
+    );
+
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&token));
+    cmd.arg("run")
+        .arg(&wf)
+        .args(["--set", "1.width=128", "--json", "--out"])
+        .arg(&out);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    let lines = json_lines(&r.stdout);
+    let files = lines.last().unwrap()["data"]["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(files.len(), 1);
+    let img = image::open(files[0].as_str().unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (128, 64));
+    // The first file is still there: outputs never overwrite each other.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+}
+
+#[tokio::test]
+async fn a_failing_node_exits_1_naming_the_node_and_message() {
+    let stack = Stack::start(1, 1).await;
+    set_faults(
+        &stack,
+        json!({"fail_at": "2", "fail_message": "boom: disk on fire"}),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(32, 32));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&stack.token("bob")));
+    cmd.arg("run").arg(&wf).arg("--out").arg(dir.path());
+    let r = output(cmd).await;
+    assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("node 2 (SaveImage)") && r.stderr.contains("boom: disk on fire"),
+        "stderr: {}",
+        r.stderr
+    );
+    let lines = json_lines(&r.stdout);
+    assert_eq!(lines.last().unwrap()["data"]["status"], "error");
+}
+
+#[tokio::test]
+async fn bad_credentials_and_unreachable_servers_exit_2_clearly() {
+    let stack = Stack::start(1, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(32, 32));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some("not-a-valid-token"));
+    cmd.arg("run").arg(&wf);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains("authentication failed") && r.stderr.contains("comfy-broker login"),
+        "stderr: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("not-a-valid-token"),
+        "token echoed: {}",
+        r.stderr
+    );
+
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some("not-a-valid-token"));
+    cmd.arg("queue");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("authentication failed"), "{}", r.stderr);
+
+    // Nothing listening.
+    let port = common::free_port();
+    let mut cmd = client(dir.path(), &format!("http://127.0.0.1:{port}"), Some("t"));
+    cmd.arg("queue");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("cannot connect"), "{}", r.stderr);
+
+    // No token anywhere.
+    let mut cmd = client(dir.path(), &stack.gateways[0], None);
+    cmd.arg("queue");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not logged in"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ui = json!({"last_node_id": 2, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": []});
+    let wf = write_workflow(dir.path(), &ui);
+    let mut cmd = client(dir.path(), "http://127.0.0.1:9", Some("t"));
+    cmd.arg("run").arg(&wf);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("Export (API)"), "{}", r.stderr);
+
+    let wf = write_workflow(dir.path(), &basic_prompt(8, 8));
+    let mut cmd = client(dir.path(), "http://127.0.0.1:9", Some("t"));
+    cmd.arg("run").arg(&wf).args(["--set", "7.width=3"]);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no node \"7\""), "{}", r.stderr);
+
+    let mut cmd = client(dir.path(), "http://127.0.0.1:9", Some("t"));
+    cmd.args(["run", "--no-such-flag"]);
+    assert_eq!(output(cmd).await.code, 2);
+}
+
+#[tokio::test]
+async fn timeout_on_a_slow_job_exits_3() {
+    let stack = Stack::start(1, 1).await;
+    set_faults(&stack, json!({"work_ms": 4000})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(32, 32));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&stack.token("carol")));
+    cmd.arg("run").arg(&wf).args(["--timeout", "1s"]);
+    let t0 = Instant::now();
+    let r = output(cmd).await;
+    assert_eq!(r.code, 3, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    let lines = json_lines(&r.stdout);
+    assert_eq!(lines.last().unwrap()["data"]["status"], "timeout");
+}
+
+#[tokio::test]
+async fn sigint_interrupts_the_job_on_the_server() {
+    let stack = Stack::start(1, 1).await;
+    // Node 1 is slow; the interrupt lands before node 2 runs.
+    set_faults(&stack, json!({"node_work_ms": {"1": 3000}})).await;
+    let token = stack.token("dave");
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(48, 48));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&token));
+    cmd.arg("run").arg(&wf);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut prompt_id = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let line = tokio::time::timeout_at(deadline, stdout.next_line())
+            .await
+            .expect("node 1 started in time")
+            .unwrap()
+            .expect("client still running");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "submitted" {
+            prompt_id = v["data"]["prompt_id"].as_str().map(str::to_owned);
+        }
+        if v["type"] == "executing" && v["data"]["node"] == "1" {
+            break;
+        }
+    }
+    let prompt_id = prompt_id.expect("submitted line first");
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("client exits after SIGINT")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("interrupt"), "{err}");
+    let entry = stack.wait_history(0, &token, &prompt_id).await;
+    let messages = entry["status"]["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.last().unwrap()[0],
+        "execution_interrupted",
+        "{entry}"
+    );
+}
+
+#[tokio::test]
+async fn no_wait_then_queue_history_and_cancel() {
+    let stack = Stack::start(1, 1).await;
+    set_faults(&stack, json!({"work_ms": 3000})).await;
+    let token = stack.token("erin");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = stack.gateways[0].clone();
+    let mut ids = Vec::new();
+    for w in [16, 17] {
+        let wf = write_workflow(dir.path(), &basic_prompt(w, 16));
+        let mut cmd = client(dir.path(), &gw, Some(&token));
+        cmd.arg("run").arg(&wf).arg("--no-wait");
+        let r = output(cmd).await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        ids.push(prompt_id_of(&json_lines(&r.stdout)));
+    }
+    let mut cmd = client(dir.path(), &gw, Some(&token));
+    cmd.arg("queue");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("STATE"), "{}", r.stdout);
+    for id in &ids {
+        assert!(r.stdout.contains(id.as_str()), "{id} not in {}", r.stdout);
+    }
+    let mut cmd = client(dir.path(), &gw, Some(&token));
+    cmd.arg("cancel").args(&ids);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": cancelled").count(), 2, "{}", r.stdout);
+    // The running one ends interrupted and shows in history; the pending one never ran.
+    let entry = stack.wait_history(0, &token, &ids[0]).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let mut cmd = client(dir.path(), &gw, Some(&token));
+    cmd.args(["history", ids[0].as_str()]);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("interrupted"), "{}", r.stdout);
+    let mut cmd = client(dir.path(), &gw, Some(&token));
+    cmd.arg("history");
+    let r = output(cmd).await;
+    assert!(r.stdout.contains(ids[0].as_str()), "{}", r.stdout);
+    // Cancelling again: nothing to cancel, exit 1.
+    let mut cmd = client(dir.path(), &gw, Some(&token));
+    cmd.arg("cancel").arg(&ids[0]);
+    assert_eq!(output(cmd).await.code, 1);
+}
+
+/// A minimal stand-in for the token routes (until they land on main): answers
+/// `POST /mss-login/generate_token`, `GET /queue` (only with the issued token) and
+/// `DELETE /mss-login/api/tokens`, and records what it was asked.
+async fn fake_login_server(
+    token: &'static str,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body_start) = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (String::from_utf8_lossy(&buf[..i]).into_owned(), i + 4);
+                    }
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[body_start..]).into_owned();
+                let line = head.lines().next().unwrap_or("").to_owned();
+                let authed = head
+                    .to_lowercase()
+                    .contains(&format!("authorization: bearer {}", token.to_lowercase()));
+                let _ = tx.send(format!("{line} authed={authed} {body}"));
+                let (status, answer) = if line.starts_with("POST /mss-login/generate_token") {
+                    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    if v["username"] == "alice" && v["password"] == "pw with spaces" {
+                        ("200 OK", json!({"message": "API token created.", "jwt_token": token, "expires_in_hours": 720.0}).to_string())
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            json!({"error": "Invalid credentials."}).to_string(),
+                        )
+                    }
+                } else if !authed {
+                    (
+                        "401 Unauthorized",
+                        json!({"error": "Authentication required."}).to_string(),
+                    )
+                } else if line.starts_with("GET /queue") {
+                    (
+                        "200 OK",
+                        json!({"queue_running": [], "queue_pending": []}).to_string(),
+                    )
+                } else if line.starts_with("DELETE /mss-login/api/tokens") {
+                    ("200 OK", json!({"message": "Token revoked."}).to_string())
+                } else {
+                    (
+                        "404 Not Found",
+                        json!({"error": "no such route"}).to_string(),
+                    )
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn login_stores_an_owner_only_token_that_is_never_printed_and_logout_revokes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    const TOKEN: &str = "q3Zr0x-7M2aV9_kLp1sT4uWbYcD8eF6gHiJkLmNoPqR";
+    let (url, mut seen) = fake_login_server(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let login = |password: &'static str| {
+        let mut cmd = client(dir.path(), &url, None);
+        cmd.env_remove("COMFY_BROKER_URL")
+            .args([
+                "login",
+                "--url",
+                &url,
+                "--username",
+                "alice",
+                "--password-stdin",
+            ])
+            .stdin(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        async move {
+            stdin.write_all(password.as_bytes()).await.unwrap();
+            stdin.write_all(b"\n").await.unwrap();
+            drop(stdin);
+            let o = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap();
+            Out {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            }
+        }
+    };
+    let creds = dir.path().join("comfy-broker").join("credentials.json");
+
+    let r = login("wrong").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("Invalid credentials"), "{}", r.stderr);
+    assert!(!creds.exists());
+
+    let r = login("pw with spaces").await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains(TOKEN) && !r.stderr.contains(TOKEN));
+    let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    assert_eq!(stored["token"], TOKEN);
+    assert_eq!(stored["url"], url.as_str());
+
+    // Other commands use the stored login (no URL, no token given).
+    let mut cmd = client(dir.path(), &url, None);
+    cmd.env_remove("COMFY_BROKER_URL").arg("queue");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains(TOKEN) && !r.stderr.contains(TOKEN));
+
+    let mut cmd = client(dir.path(), &url, None);
+    cmd.env_remove("COMFY_BROKER_URL").arg("logout");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!creds.exists());
+    let mut asked = Vec::new();
+    while let Ok(l) = seen.try_recv() {
+        asked.push(l);
+    }
+    let revoke = asked
+        .iter()
+        .find(|l| l.starts_with("DELETE /mss-login/api/tokens"))
+        .unwrap_or_else(|| panic!("no revocation in {asked:?}"));
+    assert!(revoke.contains("authed=true"), "{revoke}");
+    assert!(revoke.contains("token_hash_prefix"), "{revoke}");
+    assert!(
+        !revoke.contains(TOKEN),
+        "the token itself is never sent as the prefix"
+    );
+}
