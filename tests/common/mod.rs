@@ -58,8 +58,42 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_comfy-broker")
 }
 
+/// How to build a [`Stack`].
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Gateway processes.
+    pub gateways: usize,
+    /// Simulated backends.
+    pub backends: usize,
+    /// Worker processes, each with the indexes of the backends it drives (empty: one worker
+    /// driving every backend).
+    pub workers: Vec<Vec<usize>>,
+    /// A private Redis with AOF (`appendfsync always`) that tests may restart.
+    pub own_redis_with_aof: bool,
+    /// Extra environment for every worker (e.g. short leases).
+    pub worker_env: Vec<(String, String)>,
+}
+
+/// Fast failure detection for reliability tests.
+pub fn fast_worker_env() -> Vec<(String, String)> {
+    [
+        ("COMFY_BROKER__WORKER__HEARTBEAT_INTERVAL", "100ms"),
+        ("COMFY_BROKER__WORKER__LEASE_TIMEOUT", "800ms"),
+        ("COMFY_BROKER__WORKER__RECLAIM_INTERVAL", "100ms"),
+        ("COMFY_BROKER__WORKER__HEALTH_INTERVAL", "200ms"),
+        ("COMFY_BROKER__WORKER__IDLE_POLL", "200ms"),
+        ("COMFY_BROKER__WORKER__REQUEST_TIMEOUT", "2s"),
+        ("COMFY_BROKER__WORKER__SILENCE_TIMEOUT", "2s"),
+        ("COMFY_BROKER__WORKER__RECONNECT_TIMEOUT", "1s"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// A running stack.
 pub struct Stack {
+    pub worker_env: Vec<(String, String)>,
     pub redis: TestRedis,
     pub files_dir: tempfile::TempDir,
     pub gateways: Vec<String>,
@@ -87,8 +121,24 @@ impl Stack {
     /// Starts `backends` simulated backends, one worker driving them all, and `gateways`
     /// gateways; returns once every gateway is ready and the pool's catalogue is published.
     pub async fn start(gateways: usize, backends: usize) -> Stack {
+        Self::with(StackOptions {
+            gateways,
+            backends,
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a stack as `opts` says.
+    pub async fn with(opts: StackOptions) -> Stack {
+        let (gateways, backends) = (opts.gateways, opts.backends);
         let mut s = Stack {
-            redis: TestRedis::start(),
+            worker_env: opts.worker_env.clone(),
+            redis: if opts.own_redis_with_aof {
+                TestRedis::own(true)
+            } else {
+                TestRedis::start()
+            },
             files_dir: tempfile::tempdir().unwrap(),
             gateways: Vec::new(),
             backends: Vec::new(),
@@ -110,7 +160,13 @@ impl Stack {
             wait_http(&format!("{b}/system_stats")).await;
         }
         if backends > 0 {
-            s.spawn_worker("w1");
+            if opts.workers.is_empty() {
+                s.spawn_worker("w1");
+            } else {
+                for (i, set) in opts.workers.iter().enumerate() {
+                    s.spawn_worker_for(&format!("w{}", i + 1), set);
+                }
+            }
         }
         for i in 0..gateways {
             let port = free_port();
@@ -154,13 +210,22 @@ impl Stack {
 
     /// Starts a worker process driving every backend.
     pub fn spawn_worker(&mut self, id: &str) {
+        let all: Vec<usize> = (0..self.backends.len()).collect();
+        self.spawn_worker_for(id, &all);
+    }
+
+    /// Starts a worker process driving the backends with these indexes.
+    pub fn spawn_worker_for(&mut self, id: &str, backends: &[usize]) {
         let mut cmd = Command::new(bin());
         cmd.arg("worker");
-        for b in &self.backends {
-            cmd.args(["--backend", b]);
+        for &b in backends {
+            cmd.args(["--backend", &self.backends[b]]);
         }
         cmd.env("COMFY_BROKER__WORKER__ID", id);
         self.env(&mut cmd);
+        for (k, v) in &self.worker_env {
+            cmd.env(k, v);
+        }
         self.procs.push(Proc {
             name: id.to_owned(),
             child: cmd.spawn().unwrap(),
@@ -219,6 +284,50 @@ impl Stack {
             assert!(Instant::now() < deadline, "job {id} never finished");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
+    }
+
+    /// Kills simulated backend `i` and starts a fresh one on the same port (a GPU node that
+    /// restarted), returning once it answers.
+    pub async fn restart_backend(&mut self, i: usize) {
+        let name = format!("sim{i}");
+        self.kill(&name);
+        self.procs.retain(|p| p.name != name);
+        let url = self.backends[i].clone();
+        let addr = url.trim_start_matches("http://").to_owned();
+        let mut cmd = Command::new(bin());
+        cmd.args(["sim", "--listen", &addr]);
+        self.env(&mut cmd);
+        self.procs.push(Proc {
+            name,
+            child: cmd.spawn().unwrap(),
+        });
+        wait_http(&format!("{url}/system_stats")).await;
+    }
+
+    /// Kills (SIGKILL) the process named `name`.
+    pub fn kill(&mut self, name: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.name == name) {
+            p.kill();
+        }
+    }
+
+    /// Sets a simulated backend's faults (see comfy-sim's `faults.rs`).
+    pub async fn sim_faults(&self, backend: usize, faults: Value) {
+        let r = self
+            .http
+            .post(format!("{}/sim/faults", self.backends[backend]))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "sim faults: {}", r.status());
+    }
+
+    /// Submits and returns the prompt id.
+    pub async fn submit(&self, gw: usize, token: &str, body: &Value) -> String {
+        let (status, a) = self.post_prompt(gw, token, body).await;
+        assert_eq!(status, 200, "{a}");
+        a["prompt_id"].as_str().unwrap().to_owned()
     }
 
     pub fn ws_url(&self, gw: usize, client_id: &str, token: &str) -> String {

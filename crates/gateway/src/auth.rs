@@ -4,7 +4,9 @@
 //! [`Authenticator`], so API tokens, revocation lists or user look-ups in Redis can be added
 //! without touching a handler.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use auth::{Carrier, Identity, JwtError, JwtKeys};
 use axum::extract::{Request, State};
@@ -100,6 +102,140 @@ impl Authenticator for JwtAuthenticator {
             Err(AuthError::Invalid("not a session token"))
         };
         Box::pin(std::future::ready(r))
+    }
+}
+
+/// The authenticator [`crate::Gateway::new`] uses: session JWTs verified locally, plus the
+/// accounts kept in Redis —
+/// * opaque API tokens (`comfy-broker token create`) looked up by their SHA-256;
+/// * a JWT whose session record says `revoked`, or whose user is disabled, is refused; when
+///   the user exists, the role comes from the account (it may have changed since issue).
+///
+/// Tokens with no record (sessions minted by the CLI, users not in the store) are trusted on
+/// their signature alone. Answers are cached for `ttl` per token, so revocation takes effect on
+/// every gateway within `ttl` and the hot path costs no Redis round trip.
+pub struct AccountsAuthenticator {
+    keys: JwtKeys,
+    store: store::Store,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, CachedAnswer>>,
+}
+
+/// An authentication answer and when it was made.
+type CachedAnswer = (Instant, Result<Identity, AuthError>);
+
+/// Entries kept before the cache is emptied (a crude bound; entries are tiny).
+const AUTH_CACHE_MAX: usize = 100_000;
+
+impl AccountsAuthenticator {
+    /// JWTs verified with `keys`; accounts read from `store`; answers cached for `ttl`.
+    pub fn new(keys: JwtKeys, store: store::Store, ttl: Duration) -> Self {
+        AccountsAuthenticator {
+            keys,
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<Result<Identity, AuthError>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, r) = cache.get(key)?;
+        (at.elapsed() < self.ttl).then(|| r.clone())
+    }
+
+    fn remember(&self, key: String, r: &Result<Identity, AuthError>) {
+        if self.ttl.is_zero() || matches!(r, Err(AuthError::Unavailable)) {
+            return;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= AUTH_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), r.clone()));
+        }
+    }
+
+    async fn account_checks(&self, mut identity: Identity) -> Result<Identity, AuthError> {
+        let unavailable = |_| AuthError::Unavailable;
+        if let Some(jti) = &identity.session_id {
+            if let Some(session) = self.store.session(jti).await.map_err(unavailable)? {
+                if session.revoked || session.user_id != identity.user_id {
+                    return Err(AuthError::Revoked);
+                }
+            }
+        }
+        if let Some(user) = self
+            .store
+            .user_by_id(&identity.user_id)
+            .await
+            .map_err(unavailable)?
+        {
+            if user.disabled {
+                return Err(AuthError::Revoked);
+            }
+            if let Some(role) = auth::Role::parse(&user.role) {
+                identity.role = role;
+            }
+            identity.username = user.username;
+        }
+        Ok(identity)
+    }
+
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if auth::is_jwt_shaped(token) {
+            // Signature and expiry are checked on every request, cached or not.
+            let identity = self.keys.identity(token)?;
+            let key = format!(
+                "s:{}:{}",
+                identity.user_id,
+                identity.session_id.as_deref().unwrap_or("")
+            );
+            if let Some(r) = self.cached(&key) {
+                return r;
+            }
+            let r = self.account_checks(identity).await;
+            self.remember(key, &r);
+            r
+        } else if auth::is_api_token_shaped(token) {
+            let hash = auth::hash_api_token(token);
+            let key = format!("t:{hash}");
+            if let Some(r) = self.cached(&key) {
+                return r;
+            }
+            let r = match self.store.api_token(&hash).await {
+                Err(_) => Err(AuthError::Unavailable),
+                Ok(None) => Err(AuthError::Invalid("unknown, expired or revoked API token")),
+                Ok(Some(info)) => {
+                    let identity = Identity {
+                        user_id: info.user_id,
+                        username: info.username,
+                        role: auth::Role::User,
+                        session_id: None,
+                    };
+                    match self.store.user_by_id(&identity.user_id).await {
+                        Err(_) => Err(AuthError::Unavailable),
+                        // An API token only works for a user that exists.
+                        Ok(None) => Err(AuthError::Revoked),
+                        Ok(Some(_)) => self.account_checks(identity).await,
+                    }
+                }
+            };
+            self.remember(key, &r);
+            r
+        } else {
+            Err(AuthError::Invalid("not a session or API token"))
+        }
+    }
+}
+
+impl Authenticator for AccountsAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+        _carrier: Carrier,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        Box::pin(self.verify(token))
     }
 }
 

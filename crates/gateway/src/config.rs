@@ -44,6 +44,10 @@ pub struct GatewayConfig {
     pub redis_timeout: Duration,
     /// `Retry-After` seconds sent with 503 and 429 answers.
     pub retry_after_secs: u64,
+    /// How long an authentication answer (API token look-up, session revocation, disabled
+    /// user, current role) is reused: revocation takes effect within this time.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
     /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
     /// (time for load balancers to notice).
     #[serde(with = "humantime_serde")]
@@ -66,6 +70,7 @@ impl Default for GatewayConfig {
             login_path: "/login".into(),
             redis_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
+            auth_cache_ttl: Duration::from_secs(5),
             drain_delay: Duration::from_secs(0),
         }
     }

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use auth::Identity;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Map, Value};
 use store::{JobRecord, JobState};
 
-use crate::body::{query_get, query_pairs};
+use crate::body::{query_get, query_pairs, read_body};
 use crate::error::{json_response, ApiError};
 use crate::state::AppState;
 
@@ -300,6 +301,9 @@ pub(crate) async fn get_job(
     Extension(id): Extension<Identity>,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !protocol::ids::is_canonical_uuid(&job_id) {
+        return Err(not_found());
+    }
     let Some(rec) = st
         .redis(st.store.job(st.pool(), &id.user_id, &job_id))
         .await?
@@ -334,7 +338,54 @@ pub(crate) async fn cancel_job(
     Extension(id): Extension<Identity>,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let cancelled = cancel_one(&st, &id, &job_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "cancelled": cancelled }).to_string(),
+    ))
+}
+
+/// `POST /api/jobs/cancel` `{"job_ids": [...]}`: `cancelled` is true if any one was.
+pub(crate) async fn cancel_jobs(
+    State(st): State<Arc<AppState>>,
+    Extension(id): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let raw =
+        |msg: Value| ApiError::Raw(StatusCode::BAD_REQUEST, "invalid_request", msg.to_string());
+    let bytes = read_body(body, &headers, st.config.max_request_bytes).await?;
+    let Ok(req) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(raw(json!({"error": "Request body must be valid JSON"})));
+    };
+    let Some(list) = req.get("job_ids").and_then(Value::as_array) else {
+        return Err(raw(json!({"error": "job_ids must be a list"})));
+    };
+    let invalid: Vec<&Value> = list
+        .iter()
+        .filter(|v| !v.as_str().is_some_and(protocol::ids::is_canonical_uuid))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(raw(
+            json!({"error": "job_ids contains invalid id(s)", "invalid_ids": invalid}),
+        ));
+    }
+    let mut any = false;
+    for job_id in list.iter().filter_map(Value::as_str) {
+        any |= cancel_one(&st, &id, job_id).await?;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "cancelled": any }).to_string(),
+    ))
+}
+
+async fn cancel_one(st: &AppState, id: &Identity, job_id: &str) -> Result<bool, ApiError> {
+    if !protocol::ids::is_canonical_uuid(job_id) {
+        return Ok(false);
+    }
     let pool = st.pool();
+    let job_id = job_id.to_owned();
     let rec = st.redis(st.store.job(pool, &id.user_id, &job_id)).await?;
     let mut cancelled = false;
     if let Some(rec) = rec {
@@ -355,8 +406,5 @@ pub(crate) async fn cancel_job(
             cancelled = asked > 0;
         }
     }
-    Ok(json_response(
-        StatusCode::OK,
-        json!({ "cancelled": cancelled }).to_string(),
-    ))
+    Ok(cancelled)
 }

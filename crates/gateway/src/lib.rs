@@ -30,7 +30,9 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub use crate::auth::{AuthError, AuthInfo, Authenticator, JwtAuthenticator};
+pub use crate::auth::{
+    AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
+};
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};
 pub use hub::{Hub, HubConfig, HubStats};
@@ -51,14 +53,16 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    /// A gateway that verifies HS256 session JWTs with `jwt`.
+    /// A gateway that verifies HS256 session JWTs with `jwt` and API tokens against the
+    /// accounts in Redis ([`AccountsAuthenticator`]).
     pub async fn new(
         store: store::Store,
         files: files::FileStore,
         jwt: ::auth::JwtKeys,
         config: GatewayConfig,
     ) -> Result<Gateway, GatewayError> {
-        Self::with_authenticator(store, files, Arc::new(JwtAuthenticator::new(jwt)), config).await
+        let auth = AccountsAuthenticator::new(jwt, store.clone(), config.auth_cache_ttl);
+        Self::with_authenticator(store, files, Arc::new(auth), config).await
     }
 
     /// A gateway with any [`Authenticator`] (API tokens, revocation, user look-ups ...).

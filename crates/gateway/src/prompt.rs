@@ -257,7 +257,8 @@ pub(crate) async fn post_prompt(
         } else {
             Some(Value::Object(sensitive).to_string())
         },
-        idempotency_key: idem,
+        // Hashed: bounded, and free of characters that mean something in a Redis key.
+        idempotency_key: idem.map(|k| store::sha256_hex(k.as_bytes())),
         body_hash: store::sha256_hex(&bytes),
         request_id: request_id(&headers),
     };

@@ -9,6 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
+use protocol::ids;
 use serde_json::Value;
 use store::HistoryWindow;
 
@@ -62,9 +63,12 @@ pub(crate) async fn get_queue(
 fn id_list(v: Option<&Value>) -> Result<Option<Vec<String>>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
+        // Every job id the broker knows is a canonical UUID; anything else names nothing.
         Some(Value::Array(a)) => Ok(Some(
             a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
+                .filter_map(Value::as_str)
+                .filter(|s| ids::is_canonical_uuid(s))
+                .map(str::to_owned)
                 .collect(),
         )),
         Some(_) => Err(ApiError::BadRequest(
@@ -88,7 +92,7 @@ pub(crate) async fn post_queue(
         st.redis(st.store.clear_pending(st.pool(), &id.user_id))
             .await?;
     }
-    if let Some(ids) = delete {
+    if let Some(ids) = delete.filter(|d| !d.is_empty()) {
         st.redis(st.store.cancel_pending(st.pool(), &id.user_id, &ids))
             .await?;
     }
@@ -110,7 +114,9 @@ pub(crate) async fn post_interrupt(
         let req = json_object(&bytes)?;
         match req.get("prompt_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) if ids::is_canonical_uuid(s) => Some(s.clone()),
+            // Not one of ours: it cannot be running, so (as in ComfyUI) nothing happens.
+            Some(Value::String(_)) => return Ok(empty_ok()),
             Some(_) => {
                 return Err(ApiError::BadRequest(
                     "invalid_prompt_id",
@@ -172,6 +178,9 @@ pub(crate) async fn get_history_one(
     Extension(id): Extension<Identity>,
     Path(prompt_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !ids::is_canonical_uuid(&prompt_id) {
+        return Ok(json_response(StatusCode::OK, "{}"));
+    }
     let entry = st
         .redis(st.store.history_entry(st.pool(), &id.user_id, &prompt_id))
         .await?;
@@ -198,7 +207,7 @@ pub(crate) async fn post_history(
         st.redis(st.store.delete_history(st.pool(), &id.user_id, None))
             .await?;
     }
-    if let Some(ids) = delete {
+    if let Some(ids) = delete.filter(|d| !d.is_empty()) {
         st.redis(st.store.delete_history(st.pool(), &id.user_id, Some(&ids)))
             .await?;
     }

@@ -60,11 +60,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     authed = both(authed, "/embeddings", get(info::embeddings));
     authed = both(authed, "/features", get(info::features));
     authed = both(authed, "/ws", get(ws::ws_upgrade));
-    authed = authed
-        .route("/api/jobs", get(jobs::list_jobs))
-        .route("/api/jobs/{job_id}", get(jobs::get_job))
-        .route("/api/jobs/{job_id}/cancel", post(jobs::cancel_job))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    // The jobs API exists only under /api (ComfyUI also answers at /api/api/jobs...).
+    for prefix in ["/api", "/api/api"] {
+        authed = authed
+            .route(&format!("{prefix}/jobs"), get(jobs::list_jobs))
+            .route(&format!("{prefix}/jobs/cancel"), post(jobs::cancel_jobs))
+            .route(&format!("{prefix}/jobs/{{job_id}}"), get(jobs::get_job))
+            .route(
+                &format!("{prefix}/jobs/{{job_id}}/cancel"),
+                post(jobs::cancel_job),
+            );
+    }
+    authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
 
     let open: Router<Arc<AppState>> = Router::new()
         .route("/healthz", get(info::healthz))
@@ -90,16 +97,38 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            // The path only: query strings may carry `token` / `access_token`.
+            // Query strings may carry `token` / `access_token`: their values are redacted.
             tracing::debug_span!(
                 "request",
                 method = %req.method(),
                 path = %req.uri().path(),
+                query = %RedactedQuery(req.uri().query().unwrap_or("")),
                 request_id = %rid,
             )
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// A query string for logs, with the values of `token` and `access_token` replaced.
+pub(crate) struct RedactedQuery<'a>(pub &'a str);
+
+impl std::fmt::Display for RedactedQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, pair) in self.0.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            let key = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
+            let decoded = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            if decoded == "token" || decoded == "access_token" {
+                write!(f, "{key}=[redacted]")?;
+            } else {
+                f.write_str(pair)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Refuses bodies whose declared length is over `max_request_bytes` before anything reads them.
@@ -119,4 +148,18 @@ async fn body_limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -
 async fn not_found(method: Method) -> Response {
     let _ = method;
     ApiError::NotFound("no such route".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedactedQuery;
+
+    #[test]
+    fn tokens_never_reach_the_access_log() {
+        assert_eq!(
+            RedactedQuery("clientId=c1&token=a.b.c&access%5Ftoken=x&access_token=y").to_string(),
+            "clientId=c1&token=[redacted]&access%5Ftoken=[redacted]&access_token=[redacted]"
+        );
+        assert_eq!(RedactedQuery("").to_string(), "");
+    }
 }

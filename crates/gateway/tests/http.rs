@@ -301,8 +301,12 @@ async fn submit_answers_like_comfyui_and_stores_the_job() {
     });
     let r = env.post_json(&t, "/prompt", &body).await;
     assert_eq!(r.status(), 200);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
     let pid = v["prompt_id"].as_str().unwrap().to_owned();
+    let rec = env.store.job("default", "u1", &pid).await.unwrap().unwrap();
+    assert_eq!(rec.request_id.as_deref(), Some(request_id.as_str()));
+    assert_eq!(rec.client_id.as_deref(), Some("c1"));
     assert!(protocol::ids::is_canonical_uuid(&pid));
     assert!(v["number"].is_number());
     assert_eq!(v["node_errors"], json!({}));
@@ -402,6 +406,7 @@ async fn duplicate_prompt_id_gives_the_first_answer_and_other_users_learn_nothin
                 history_json: history.to_string(),
                 terminal_message_json:
                     json!({"type": "execution_success", "data": {"prompt_id": pid}}).to_string(),
+                dead_letter: None,
             }
         )
         .await
@@ -497,6 +502,26 @@ async fn queues_histories_and_mutations_are_per_user() {
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({"cancelled": false})
+    );
+
+    let r = env
+        .post_json(&b, "/api/jobs/cancel", &json!({"job_ids": [ids[2]]}))
+        .await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"cancelled": false})
+    );
+    let r = env
+        .post_json(
+            &a,
+            "/api/jobs/cancel",
+            &json!({"job_ids": [ids[2], "nope"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "job_ids contains invalid id(s)", "invalid_ids": ["nope"]})
     );
 
     // Alice's own operations work.
@@ -673,4 +698,41 @@ async fn redis_outage_answers_503_quickly() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     env.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_bodies_over_the_limit_get_a_readable_413() {
+    let cfg = GatewayConfig {
+        max_prompt_bytes: 256 * 1024,
+        max_request_bytes: 1024 * 1024,
+        ..GatewayConfig::default()
+    };
+    let env = Env::start_with(cfg, true).await;
+    let t = env.token("u1");
+    for (path, size) in [
+        ("/prompt", 300 * 1024),
+        ("/prompt", 2 << 20),
+        ("/queue", 3 << 20),
+    ] {
+        for _ in 0..3 {
+            let big = json!({"prompt": basic_prompt(), "extra_data": {"pad": "x".repeat(size)}});
+            let r = env.post_json(&t, path, &big).await;
+            let (s, b) = error_type(r).await;
+            assert_eq!(s, 413, "{path} {size}");
+            assert_eq!(b["error"]["type"], "request_too_large");
+        }
+    }
+    // Without a Content-Length (chunked) the limit holds too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|_| Ok(vec![b' '; 8192])).collect();
+    let r = env
+        .http
+        .post(env.url("/prompt"))
+        .bearer_auth(&t)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    nothing_queued(&env, "u1").await;
 }

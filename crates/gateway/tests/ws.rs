@@ -285,3 +285,90 @@ async fn shutdown_fails_readiness_and_closes_sockets_with_1001() {
     assert_eq!(code, Some(CloseCode::Away));
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }
+
+#[tokio::test]
+async fn readiness_fails_first_while_draining() {
+    let cfg = GatewayConfig {
+        drain_delay: Duration::from_millis(800),
+        ..GatewayConfig::default()
+    };
+    let mut env = Env::start_with(cfg, true).await;
+    let t = env.token("u1");
+    let (mut ws, _) = env.ws(&t, Some("c")).await;
+    env.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = env.http.get(env.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        env.http
+            .get(env.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // New sockets are refused while draining; the open one is still served, then closed 1001.
+    assert_eq!(env.ws_status(&format!("/ws?token={t}"), &[]).await, 503);
+    let mut code = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Ok(Message::Close(Some(f))) = frame {
+            code = Some(f.code);
+            break;
+        }
+    }
+    assert_eq!(code, Some(CloseCode::Away));
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_sockets_are_pinged() {
+    let cfg = GatewayConfig {
+        ws_ping_interval: Duration::from_millis(100),
+        ..GatewayConfig::default()
+    };
+    let env = Env::start_with(cfg, true).await;
+    let (mut ws, _) = env.ws(&env.token("u1"), Some("c")).await;
+    let got = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => return true,
+                Some(Ok(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, Ok(true));
+}
+
+#[tokio::test]
+async fn sockets_keep_receiving_after_redis_restarts() {
+    let mut env = Env::start_on(
+        store::test_redis::TestRedis::own(false),
+        GatewayConfig::default(),
+        true,
+    )
+    .await;
+    let t = env.token("u1");
+    let (mut ws, _) = env.ws(&t, Some("c")).await;
+    env.redis.restart();
+    // The hub re-subscribes the user on a new pub/sub connection; keep publishing until one
+    // event gets through.
+    let msg = json!({"type": "progress", "data": {"value": 1, "max": 2}});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut got = false;
+    while tokio::time::Instant::now() < deadline && !got {
+        let _ = env
+            .store
+            .publish_event("u1", &text(Target::AllSockets, &msg))
+            .await;
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        {
+            got = serde_json::from_str::<Value>(t.as_str()).ok() == Some(msg.clone());
+        }
+    }
+    assert!(got, "no event after the Redis restart");
+}

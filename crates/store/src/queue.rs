@@ -140,6 +140,9 @@ pub struct Finish {
     pub history_json: String,
     /// The terminal message (`execution_success` ...) as JSON, ids already translated.
     pub terminal_message_json: String,
+    /// Set when the job ran out of attempts: it is also copied to the dead letters with this
+    /// reason, for operators.
+    pub dead_letter: Option<String>,
 }
 
 /// Answer of [`Store::heartbeat`].
@@ -323,6 +326,7 @@ impl Store {
             .key(k.history(pool, uid))
             .key(k.history_seq(pool))
             .key(k.pending(pool, uid))
+            .key(k.dead(pool))
             .arg(&lease.lease_id)
             .arg(finish.state.as_state().as_str())
             .arg(&finish.history_json)
@@ -334,6 +338,7 @@ impl Store {
             .arg(LEASE_GROUP)
             .arg(self.config().history_max_items)
             .arg(k.pool_base(pool))
+            .arg(finish.dead_letter.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await?;
         Ok(done == 1)

@@ -63,6 +63,7 @@ async fn submit_claim_finish_round_trip() {
         history_json: r#"{"outputs":{}}"#.into(),
         terminal_message_json: r#"{"type": "execution_success", "data": {"prompt_id": "p1"}}"#
             .into(),
+        dead_letter: None,
     };
     assert!(s.finish(&lease, &fin).await.unwrap());
     // A second finish with the same (now released) lease is refused.
@@ -195,6 +196,7 @@ async fn release_puts_a_job_back_and_heartbeat_sees_loss() {
         state: TerminalState::Success,
         history_json: "{}".into(),
         terminal_message_json: String::new(),
+        dead_letter: None,
     };
     assert!(!s.finish(&l, &fin).await.unwrap());
     assert!(s.finish(&again, &fin).await.unwrap());
@@ -234,6 +236,7 @@ async fn expired_leases_are_requeued_then_dead_lettered() {
         state: TerminalState::Success,
         history_json: "{}".into(),
         terminal_message_json: String::new(),
+        dead_letter: None,
     };
     assert!(!s.finish(&last.unwrap(), &fin).await.unwrap());
     let rec = s.job("default", "u1", "a").await.unwrap().unwrap();

@@ -39,14 +39,23 @@ pub(crate) struct BackendRunner {
     pub(crate) client: ComfyClient,
     pub(crate) wake: watch::Receiver<u64>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when running jobs must stop (shutdown + drain grace).
+    pub(crate) drain: CancellationToken,
     /// The backend WebSocket's client id (the `client_id` of every prompt we submit).
     pub(crate) sid: String,
     pub(crate) ws: Option<BackendWs>,
     pub(crate) publisher: Publisher,
     pub(crate) reg: mpsc::UnboundedSender<RegUpdate>,
+    /// The backend's parsed node catalogue (to find inputs that name uploaded files).
+    pub(crate) catalog: Option<Arc<protocol::catalog::Catalog>>,
     state: Option<BackendState>,
     last_catalog: Option<Instant>,
     registry_task: Option<tokio::task::JoinHandle<()>>,
+    /// A ping was sent on the WebSocket and no pong came back yet.
+    pub(crate) awaiting_pong: bool,
+    /// The backend failed a job: wait one health interval before trusting it again, so the
+    /// job it gave back goes to another backend rather than failing here again at once.
+    cooldown: bool,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -64,6 +73,7 @@ impl BackendRunner {
         client: ComfyClient,
         wake: watch::Receiver<u64>,
         shutdown: CancellationToken,
+        drain: CancellationToken,
     ) -> Self {
         let publisher = Publisher::spawn(shared.store.clone());
         let info = BackendInfo {
@@ -93,13 +103,17 @@ impl BackendRunner {
             client,
             wake,
             shutdown,
+            drain,
             sid: protocol::ids::new_sid(),
             ws: None,
             publisher,
             reg,
             state: None,
             last_catalog: None,
+            catalog: None,
             registry_task: Some(registry_task),
+            awaiting_pong: false,
+            cooldown: false,
         }
     }
 
@@ -118,6 +132,12 @@ impl BackendRunner {
     /// The backend's loop until shutdown.
     pub(crate) async fn run(mut self) {
         while !self.shutdown.is_cancelled() {
+            if std::mem::take(&mut self.cooldown) {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.shared.config.health_interval) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
+            }
             if self.ws.is_none() {
                 match self.connect().await {
                     Ok(()) => self.set_state(BackendState::Healthy),
@@ -139,7 +159,7 @@ impl BackendRunner {
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
         }
-        // Closing the registry channel removes the backend from the registry.
+        // Closing the registry channel marks the backend unhealthy in the registry.
         let (closed, _) = mpsc::unbounded_channel();
         self.reg = closed;
         if let Some(task) = self.registry_task.take() {
@@ -157,6 +177,7 @@ impl BackendRunner {
             self.refresh_catalog().await?;
         }
         self.ws = Some(self.client.connect_ws(&self.sid).await?);
+        self.awaiting_pong = false;
         Ok(())
     }
 
@@ -166,6 +187,10 @@ impl BackendRunner {
             return Err(BackendError::BadAnswer(
                 "/object_info is not JSON".to_owned(),
             ));
+        }
+        match protocol::catalog::Catalog::from_slice(&object_info) {
+            Ok(c) => self.catalog = Some(Arc::new(c)),
+            Err(e) => tracing::warn!(backend = %self.id, error = %e, "catalogue not parseable"),
         }
         let folders: Vec<String> = self.client.get_json("/models").await.unwrap_or_default();
         let client = &self.client;
@@ -206,10 +231,15 @@ impl BackendRunner {
             }
         }
         if let Some(ws) = self.ws.as_mut() {
+            if self.awaiting_pong {
+                tracing::warn!(backend = %self.id, "backend websocket does not answer pings");
+                return false;
+            }
             if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                 tracing::warn!(backend = %self.id, "backend websocket lost");
                 return false;
             }
+            self.awaiting_pong = true;
         }
         if self
             .last_catalog
@@ -246,13 +276,18 @@ impl BackendRunner {
                     self.set_state(BackendState::Busy);
                     match self.run_job(lease).await {
                         JobEnd::Done => {
-                            self.set_state(BackendState::Healthy);
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            if self.ws.is_none() {
+                                // Reconnect (and health-check) before the next claim.
+                                return;
+                            }
+                            self.set_state(BackendState::Healthy);
                             continue;
                         }
                         JobEnd::BackendDown => {
                             let _ = self.reg.send(RegUpdate::JobDone);
                             self.ws = None;
+                            self.cooldown = true;
                             self.set_state(BackendState::Unhealthy);
                             return;
                         }
@@ -276,6 +311,7 @@ impl BackendRunner {
                     Stop,
                 }
                 let ev = tokio::select! {
+                    biased;
                     _ = self.shutdown.cancelled() => Idle::Stop,
                     r = self.wake.changed() => {
                         if r.is_err() {
@@ -287,6 +323,10 @@ impl BackendRunner {
                     _ = health.tick() => Idle::Health,
                     m = ws.next() => match m {
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Idle::Lost,
+                        Some(Ok(Message::Pong(_))) => {
+                            self.awaiting_pong = false;
+                            Idle::Ignore
+                        }
                         Some(Ok(_)) => Idle::Ignore,
                     },
                 };
@@ -312,7 +352,7 @@ impl BackendRunner {
     }
 }
 
-/// Keeps the backend's registry entry current; removes it when the runner is gone.
+/// Keeps the backend's registry entry current; marks it unhealthy when the runner is gone.
 async fn registry(
     shared: Arc<Shared>,
     mut info: BackendInfo,
@@ -364,7 +404,11 @@ async fn registry(
             Err(e) => tracing::warn!(backend = %info.id, error = %e, "registry publish failed"),
         }
     }
-    if let Err(e) = shared.store.remove_backend(&info.pool, &info.id).await {
-        tracing::warn!(backend = %info.id, error = %e, "registry removal failed");
+    // Marked unhealthy, not removed: gateways keep validating against its catalogue while
+    // the worker restarts, so jobs queue instead of being refused.
+    info.state = BackendState::Unhealthy;
+    info.updated_ms = crate::translate::now_ms();
+    if let Err(e) = shared.store.publish_backend(&info, None).await {
+        tracing::warn!(backend = %info.id, error = %e, "registry update failed");
     }
 }

@@ -39,8 +39,8 @@ pub(crate) struct ComfyClient {
 }
 
 fn unreachable(e: reqwest::Error) -> BackendError {
-    // reqwest's Display never includes header values.
-    BackendError::Unreachable(e.to_string())
+    // Without the URL (it may carry credentials); reqwest never prints header values.
+    BackendError::Unreachable(e.without_url().to_string())
 }
 
 impl ComfyClient {
@@ -210,6 +210,34 @@ impl ComfyClient {
         Self::check(resp).await?.bytes().await.map_err(unreachable)
     }
 
+    /// `POST /upload/image` (multipart; images, video and audio alike), overwriting any file of
+    /// that name, with the longer transfer timeout.
+    pub(crate) async fn upload(
+        &self,
+        kind: &str,
+        subfolder: &str,
+        filename: &str,
+        data: Bytes,
+    ) -> Result<(), BackendError> {
+        let part = reqwest::multipart::Part::stream(reqwest::Body::from(data))
+            .file_name(filename.to_owned());
+        let form = reqwest::multipart::Form::new()
+            .part("image", part)
+            .text("type", kind.to_owned())
+            .text("subfolder", subfolder.to_owned())
+            .text("overwrite", "true");
+        let resp = self
+            .http
+            .post(self.url("/upload/image"))
+            .multipart(form)
+            .timeout(self.transfer_timeout)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::check(resp).await?;
+        Ok(())
+    }
+
     /// Opens `/ws?clientId=<sid>` with the backend's headers and sends the feature flags that
     /// make the backend name the prompt of every preview (type 4).
     pub(crate) async fn connect_ws(&self, sid: &str) -> Result<BackendWs, BackendError> {
@@ -219,10 +247,9 @@ impl ComfyClient {
         } else if let Some(rest) = self.base.strip_prefix("http://") {
             format!("ws://{rest}")
         } else {
-            return Err(BackendError::Unreachable(format!(
-                "unsupported url scheme in {}",
-                self.base
-            )));
+            return Err(BackendError::Unreachable(
+                "unsupported url scheme".to_owned(),
+            ));
         };
         let mut req = format!("{ws_base}/ws?clientId={sid}")
             .into_client_request()

@@ -39,6 +39,13 @@ pub struct WorkerConfig {
     /// timeout).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long is taken over by a live worker's reclaim pass (its
+    /// worker is presumed dead): the job runs again elsewhere, or ends past `max_attempts`.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// How often this worker looks for expired leases in each of its pools.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_interval: Duration,
     /// A running job whose backend WebSocket stays silent this long is checked against the
     /// backend's `/history` and `/queue`.
     #[serde(with = "humantime_serde")]
@@ -50,6 +57,11 @@ pub struct WorkerConfig {
     /// Attempts after which a job that keeps failing for backend reasons ends with an
     /// `execution_error` instead of being queued again.
     pub max_attempts: u32,
+    /// On shutdown (SIGTERM) a worker stops claiming at once; a running job gets this long to
+    /// finish before it is interrupted on its backend and given back to the queue (not counted
+    /// as an attempt). Match it with the pod's termination grace period.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -64,15 +76,18 @@ impl Default for WorkerConfig {
             transfer_timeout: Duration::from_secs(300),
             idle_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(30),
+            reclaim_interval: Duration::from_secs(5),
             silence_timeout: Duration::from_secs(120),
             reconnect_timeout: Duration::from_secs(10),
             max_attempts: 3,
+            drain_grace: Duration::from_secs(30),
         }
     }
 }
 
-/// One ComfyUI backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One ComfyUI backend. Its `Debug` output shows header names only, never their values.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// Backend id, unique in its pool. Default: derived from `url` (`host:port[/path]`).
@@ -97,6 +112,36 @@ impl Default for BackendConfig {
             headers: BTreeMap::new(),
             labels: BTreeMap::new(),
         }
+    }
+}
+
+/// The URL without any password in it (for logs).
+pub(crate) fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("id", &self.id)
+            .field("url", &redact_url(&self.url))
+            .field("pool", &self.pool)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .keys()
+                    .map(|k| (k.as_str(), "<redacted>"))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .field("labels", &self.labels)
+            .finish()
     }
 }
 
@@ -147,10 +192,16 @@ impl WorkerConfig {
             ("heartbeat_interval", self.heartbeat_interval),
             ("request_timeout", self.request_timeout),
             ("silence_timeout", self.silence_timeout),
+            ("reclaim_interval", self.reclaim_interval),
         ] {
             if d.is_zero() {
                 return Err(WorkerError::Config(format!("{name} must be > 0")));
             }
+        }
+        if self.lease_timeout < self.heartbeat_interval * 2 {
+            return Err(WorkerError::Config(
+                "lease_timeout must be at least twice heartbeat_interval".into(),
+            ));
         }
         let mut out: Vec<(String, BackendConfig)> = Vec::new();
         for b in &self.backends {
@@ -241,5 +292,12 @@ mod tests {
                 .unwrap();
         assert!(dup.validate().is_err());
         assert!(WorkerConfig::default().validate().is_err());
+        let shown = format!("{:?}", c);
+        assert!(redact_url("http://u:secret@h:1/").contains("redacted"));
+        assert!(!redact_url("http://u:secret@h:1/").contains("secret"));
+        assert!(
+            shown.contains("Authorization") && !shown.contains("\"x\""),
+            "{shown}"
+        );
     }
 }

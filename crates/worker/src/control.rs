@@ -62,3 +62,33 @@ pub(crate) async fn run(
         }
     }
 }
+
+/// One task per pool: takes over leases whose worker stopped heartbeating (crashed, cut off),
+/// so their jobs run again elsewhere or end visibly past the attempt limit.
+pub(crate) async fn reclaim(shared: Arc<Shared>, pool: String, shutdown: CancellationToken) {
+    let consumer = format!("{}/reclaim", shared.config.id);
+    let mut tick = tokio::time::interval(shared.config.reclaim_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match shared
+            .store
+            .reclaim_expired(
+                &pool,
+                &consumer,
+                shared.config.lease_timeout,
+                shared.config.max_attempts,
+            )
+            .await
+        {
+            Ok(r) if r.requeued > 0 || r.dead > 0 => {
+                tracing::warn!(pool = %pool, requeued = r.requeued, dead = r.dead, "reclaimed expired leases");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(pool = %pool, error = %e, "reclaim pass failed"),
+        }
+    }
+}

@@ -21,8 +21,8 @@ use crate::backend::BackendRunner;
 use crate::client::SubmitAnswer;
 use crate::error::BackendError;
 use crate::translate::{
-    backend_request, binary_target, error_data, refused_error_data, rewrite_ids,
-    rewrite_output_files, rewritten_subfolder, target_for, FileRef, JobTrace,
+    backend_request, binary_target, error_data, file_inputs, refused_error_data, rewrite_ids,
+    rewrite_output_files, rewritten_subfolder, shipped_subfolder, target_for, FileRef, JobTrace,
 };
 use crate::{JobKey, JobSignal, Shared};
 
@@ -82,6 +82,14 @@ async fn heartbeat(
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// Why the graph's input files could not be shipped.
+enum Ship {
+    /// The owner does not have the file (or its name is unusable): the job's fault.
+    Invalid(String),
+    /// The backend failed to take it.
+    Backend(BackendError),
 }
 
 enum Recovery {
@@ -149,6 +157,29 @@ impl BackendRunner {
                 return Some(JobEnd::Done);
             }
         };
+        let mut item = item;
+        if let Some(prompt) = item.get_mut(2) {
+            match self.ship_inputs(&lease, prompt).await {
+                Ok(()) => {}
+                Err(Ship::Backend(e)) => {
+                    tracing::warn!(error = %e, "shipping an input to the backend failed");
+                    self.give_back(run, &e.to_string(), false).await;
+                    return Some(JobEnd::BackendDown);
+                }
+                Err(Ship::Invalid(message)) => {
+                    tracing::info!("job names an input file it cannot use");
+                    let data = error_data(
+                        &lease.prompt_id,
+                        None,
+                        Vec::new(),
+                        "invalid_input_file",
+                        &message,
+                    );
+                    self.finish(run, "execution_error", data).await;
+                    return Some(JobEnd::Done);
+                }
+            }
+        }
         let body = backend_request(
             &item,
             lease.sensitive_json.as_deref(),
@@ -198,6 +229,51 @@ impl BackendRunner {
         }
     }
 
+    /// Uploads the owner's files that the graph's file inputs name (LoadImage's `image` ...) to
+    /// the backend under `_broker/<user>/...` and points the inputs there. A file the owner
+    /// does not have ends the job: a backend's own files (other users' outputs, its input
+    /// folder) are never reachable through the broker.
+    async fn ship_inputs(&self, lease: &Lease, prompt: &mut Value) -> Result<(), Ship> {
+        let Some(catalog) = self.catalog.clone() else {
+            return Ok(());
+        };
+        for f in file_inputs(prompt, &catalog) {
+            let shown = if f.subfolder.is_empty() {
+                f.filename.clone()
+            } else {
+                format!("{}/{}", f.subfolder, f.filename)
+            };
+            let invalid = || format!("{} - Invalid file: {shown}{}", f.input, f.annotation);
+            let kind = FileKind::parse(f.kind).ok_or_else(|| Ship::Invalid(invalid()))?;
+            let key = FileKey::new(&lease.user_id, kind, &f.subfolder, &f.filename)
+                .map_err(|_| Ship::Invalid(invalid()))?;
+            let data = match self.shared.files.read(&key).await {
+                Ok(d) => d,
+                Err(files::FilesError::NotFound) => return Err(Ship::Invalid(invalid())),
+                Err(e) => {
+                    return Err(Ship::Invalid(format!(
+                        "{} - could not read {shown}: {e}",
+                        f.input
+                    )))
+                }
+            };
+            let sub = shipped_subfolder(&lease.user_id, &f.subfolder);
+            self.client
+                .upload(f.kind, &sub, &f.filename, data)
+                .await
+                .map_err(Ship::Backend)?;
+            let value = format!("{sub}/{}{}", f.filename, f.annotation);
+            if let Some(slot) = prompt
+                .get_mut(&f.node)
+                .and_then(|n| n.get_mut("inputs"))
+                .and_then(|i| i.get_mut(&f.input))
+            {
+                *slot = Value::String(value);
+            }
+        }
+        Ok(())
+    }
+
     async fn follow(
         &mut self,
         run: &mut Run,
@@ -221,7 +297,7 @@ impl BackendRunner {
             let ev = tokio::select! {
                 biased;
                 s = signals.recv() => Ev::Signal(s),
-                _ = self.shutdown.cancelled() => Ev::Stop,
+                _ = self.drain.cancelled() => Ev::Stop,
                 m = ws.next() => Ev::Msg(m),
                 _ = tokio::time::sleep_until(deadline) => Ev::Silent,
             };
@@ -239,6 +315,7 @@ impl BackendRunner {
                 Ev::Signal(None) => {}
                 Ev::Stop => {
                     tracing::info!("shutting down: interrupting the job and giving it back");
+                    let _ = self.client.delete_pending(&run.backend_pid).await;
                     let _ = self.client.interrupt(&run.backend_pid).await;
                     self.publisher.flush().await;
                     match self.shared.store.release(&run.lease, false).await {
@@ -262,6 +339,7 @@ impl BackendRunner {
                     tracing::warn!("backend websocket lost during the job");
                     self.ws = None;
                 }
+                Ev::Msg(Some(Ok(Message::Pong(_)))) => self.awaiting_pong = false,
                 Ev::Msg(Some(Ok(_))) => {}
                 Ev::Silent => {
                     tracing::warn!(after = ?silence, "backend silent; checking the job");
@@ -281,6 +359,7 @@ impl BackendRunner {
             match self.client.connect_ws(&self.sid).await {
                 Ok(ws) => {
                     self.ws = Some(ws);
+                    self.awaiting_pong = false;
                     break;
                 }
                 Err(e) => {
@@ -290,7 +369,7 @@ impl BackendRunner {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = self.shutdown.cancelled() => break,
+                        _ = self.drain.cancelled() => break,
                     }
                 }
             }
@@ -600,7 +679,15 @@ impl BackendRunner {
                 "The job failed on {} attempt(s) for backend reasons; last: {reason}",
                 run.lease.attempt
             );
-            self.finish_error(run, "backend_failure", &msg).await;
+            let data = error_data(
+                &run.lease.prompt_id,
+                None,
+                run.trace.executed_nodes(),
+                "backend_failure",
+                &msg,
+            );
+            self.finish_with(run, "execution_error", data, Some(msg.clone()))
+                .await;
             return;
         }
         match self.shared.store.release(&run.lease, counts).await {
@@ -624,6 +711,17 @@ impl BackendRunner {
     /// Writes the history entry and ends the job (the store publishes the terminal message,
     /// `status` and the end marker).
     async fn finish(&mut self, run: &mut Run, ty: &str, data: Value) {
+        self.finish_with(run, ty, data, None).await;
+    }
+
+    /// [`Self::finish`], also copying the job to the dead letters when `dead_letter` is set.
+    async fn finish_with(
+        &mut self,
+        run: &mut Run,
+        ty: &str,
+        data: Value,
+        dead_letter: Option<String>,
+    ) {
         self.publisher.flush().await;
         let state = match ty {
             "execution_success" => TerminalState::Success,
@@ -638,6 +736,7 @@ impl BackendRunner {
             state,
             history_json,
             terminal_message_json,
+            dead_letter,
         };
         for pause in FINISH_RETRIES {
             match self.shared.store.finish(&run.lease, &fin).await {

@@ -1,12 +1,19 @@
 //! The worker: drives a set of ComfyUI backends (one job at a time each) for the broker.
 //!
-//! Per backend, one task keeps a WebSocket open to the backend, publishes the backend's
-//! catalogue and state to the registry, claims the next job for it from the store when it is
-//! free, submits the job under a fresh backend prompt id, translates the backend's events back
-//! to the job (ids mapped back, outputs copied into the file store and rewritten into the job's
-//! namespace) and publishes them on the owner's channel, and ends the job with the history entry
-//! ComfyUI would have written. Per pool, one task listens to the pool's control channel and fans
-//! wake-ups and interrupts out to the backend tasks.
+//! Per backend, one task keeps a WebSocket open to the backend (negotiating type-4 previews),
+//! publishes the backend's catalogue and state to the registry, claims the next job for it from
+//! the store when it is free (right after a wake-up, or every `idle_poll`), ships the owner's
+//! input files the graph names to the backend, submits the job under a fresh backend prompt id,
+//! translates the backend's events back to the job (ids mapped back, outputs copied into the
+//! file store and rewritten into the job's namespace) and publishes them on the owner's channel,
+//! and ends the job with the history entry ComfyUI would have written. Per pool, one task
+//! listens to the pool's control channel and fans wake-ups and interrupts out to the backend
+//! tasks, and one takes over expired leases of dead workers.
+//!
+//! Failures: a backend that cannot be reached is published unhealthy and gets no work until it
+//! answers again; a job whose backend fails mid-run is checked against the backend's
+//! `/history` and `/queue`, then finished from there or given back to the queue (ending with an
+//! `execution_error` once it used up `max_attempts`).
 
 mod backend;
 mod client;
@@ -83,8 +90,8 @@ impl Shared {
 
 /// Runs the worker until `shutdown` completes: each configured backend gets a task that
 /// claims and runs jobs of its pool. On shutdown a running job is interrupted on its backend
-/// and given back to the queue (not counted as an attempt), and the backends are removed from
-/// the registry. Returns an error only for an invalid configuration.
+/// and given back to the queue (not counted as an attempt), and the backends are marked
+/// unhealthy in the registry (their catalogue stays, so gateways keep accepting jobs for them). Returns an error only for an invalid configuration.
 pub async fn run(
     store: Store,
     files: FileStore,
@@ -103,12 +110,21 @@ pub async fn run(
         )?;
         clients.push((id.clone(), b.clone(), client));
     }
+    // `token` stops claiming at once; `drain` stops running jobs after the grace period.
     let token = CancellationToken::new();
+    let drain = CancellationToken::new();
     {
-        let token = token.clone();
+        let (token, drain) = (token.clone(), drain.clone());
+        let grace = config.drain_grace;
         tokio::spawn(async move {
             shutdown.await;
+            tracing::info!(grace = ?grace, "draining: no new jobs; running ones may finish");
             token.cancel();
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = drain.cancelled() => {}
+            }
+            drain.cancel();
         });
     }
     let shared = Arc::new(Shared {
@@ -127,10 +143,16 @@ pub async fn run(
         }
         let (tx, rx) = watch::channel(0u64);
         wakes.insert(b.pool.clone(), rx);
+        // Interrupts must still reach jobs that finish during the drain.
         control_tasks.spawn(control::run(
             shared.clone(),
             b.pool.clone(),
             tx,
+            drain.clone(),
+        ));
+        control_tasks.spawn(control::reclaim(
+            shared.clone(),
+            b.pool.clone(),
             token.clone(),
         ));
     }
@@ -139,8 +161,15 @@ pub async fn run(
         let Some(wake) = wakes.get(&b.pool).cloned() else {
             continue;
         };
-        let runner =
-            backend::BackendRunner::new(shared.clone(), id, b, client, wake, token.clone());
+        let runner = backend::BackendRunner::new(
+            shared.clone(),
+            id,
+            b,
+            client,
+            wake,
+            token.clone(),
+            drain.clone(),
+        );
         backend_tasks.spawn(runner.run());
     }
     while let Some(r) = backend_tasks.join_next().await {
@@ -149,6 +178,7 @@ pub async fn run(
         }
     }
     token.cancel();
+    drain.cancel();
     while control_tasks.join_next().await.is_some() {}
     tracing::info!(worker = %shared.config.id, "worker stopped");
     Ok(())

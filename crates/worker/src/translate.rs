@@ -63,6 +63,90 @@ pub(crate) fn backend_request(
     Value::Object(body)
 }
 
+/// Subfolder (under each type folder) of the files the worker ships to a backend:
+/// `_broker/<user id>/...`, so users never see each other's inputs on a shared backend.
+pub(crate) const SHIPPED_PREFIX: &str = "_broker";
+
+/// An input of the graph that names a file (LoadImage's `image`, LoadVideo's `file` ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileInput {
+    /// Node id.
+    pub node: String,
+    /// Input name.
+    pub input: String,
+    /// `input`, `output` or `temp` (from the `" [type]"` annotation; `input` without one).
+    pub kind: &'static str,
+    /// Subfolder part of the value (may be empty).
+    pub subfolder: String,
+    /// File name part of the value.
+    pub filename: String,
+    /// The annotation as written (`" [output]"`), to keep on the rewritten value.
+    pub annotation: &'static str,
+}
+
+/// Splits a file input value as ComfyUI reads it: an optional `" [input]"`, `" [output]"` or
+/// `" [temp]"` suffix, then `subfolder/filename`.
+pub(crate) fn parse_file_value(value: &str) -> (&'static str, &'static str, String, String) {
+    let (kind, annotation, path) = [
+        ("input", " [input]"),
+        ("output", " [output]"),
+        ("temp", " [temp]"),
+    ]
+    .iter()
+    .find_map(|(k, a)| value.strip_suffix(a).map(|p| (*k, *a, p)))
+    .unwrap_or(("input", "", value));
+    let path = path.trim_start_matches('/');
+    match path.rsplit_once('/') {
+        Some((sub, name)) => (kind, annotation, sub.to_owned(), name.to_owned()),
+        None => (kind, annotation, String::new(), path.to_owned()),
+    }
+}
+
+/// Every input of `prompt` that the catalogue flags as taking an uploaded file and that holds a
+/// file name (not a link).
+pub(crate) fn file_inputs(prompt: &Value, catalog: &protocol::catalog::Catalog) -> Vec<FileInput> {
+    let mut out = Vec::new();
+    let Some(nodes) = prompt.as_object() else {
+        return out;
+    };
+    for (node, n) in nodes {
+        let Some(class) = n
+            .get("class_type")
+            .and_then(Value::as_str)
+            .and_then(|c| catalog.class(c))
+        else {
+            continue;
+        };
+        let Some(inputs) = n.get("inputs").and_then(Value::as_object) else {
+            continue;
+        };
+        for def in class.inputs.iter().filter(|d| d.upload.is_some()) {
+            let Some(value) = inputs.get(&def.name).and_then(Value::as_str) else {
+                continue;
+            };
+            let (kind, annotation, subfolder, filename) = parse_file_value(value);
+            out.push(FileInput {
+                node: node.clone(),
+                input: def.name.clone(),
+                kind,
+                subfolder,
+                filename,
+                annotation,
+            });
+        }
+    }
+    out
+}
+
+/// Where a shipped file goes on the backend: `_broker/<user>[/<subfolder>]`.
+pub(crate) fn shipped_subfolder(user_id: &str, subfolder: &str) -> String {
+    if subfolder.is_empty() {
+        format!("{SHIPPED_PREFIX}/{user_id}")
+    } else {
+        format!("{SHIPPED_PREFIX}/{user_id}/{subfolder}")
+    }
+}
+
 /// Who among the owner's sockets gets a JSON message of this type, `None` when nobody does
 /// (submitter-only messages of a job without a client id).
 pub(crate) fn target_for(msg_type: &str, data: &Value, client_id: Option<&str>) -> Option<Target> {
@@ -448,6 +532,37 @@ mod tests {
         assert_eq!(body["partial_execution_targets"], json!(["9"]));
         let plain = backend_request(&json!([0, "p", {}, {}, []]), None, "s", "b");
         assert!(plain.get("partial_execution_targets").is_none());
+    }
+
+    #[test]
+    fn file_inputs_are_found_and_parsed() {
+        assert_eq!(
+            parse_file_value("a/b/c.png [output]"),
+            ("output", " [output]", "a/b".to_owned(), "c.png".to_owned())
+        );
+        assert_eq!(
+            parse_file_value("x.png"),
+            ("input", "", String::new(), "x.png".to_owned())
+        );
+        let catalog = protocol::catalog::Catalog::from_json(&json!({
+            "LoadImage": {"input": {"required": {"image": [["example.png"], {"image_upload": true}]}},
+                          "input_order": {"required": ["image"]}, "output": ["IMAGE", "MASK"],
+                          "output_is_list": [false, false], "output_name": ["IMAGE", "MASK"],
+                          "name": "LoadImage", "display_name": "Load Image", "description": "",
+                          "python_module": "nodes", "category": "image", "output_node": false}
+        }))
+        .unwrap();
+        let prompt = json!({
+            "1": {"class_type": "LoadImage", "inputs": {"image": "up/cat.png"}},
+            "2": {"class_type": "LoadImage", "inputs": {"image": ["9", 0]}},
+            "3": {"class_type": "Unknown", "inputs": {"image": "x.png"}}
+        });
+        let found = file_inputs(&prompt, &catalog);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].node, "1");
+        assert_eq!(found[0].subfolder, "up");
+        assert_eq!(found[0].filename, "cat.png");
+        assert_eq!(shipped_subfolder("u1", "up"), "_broker/u1/up");
     }
 
     #[test]

@@ -139,6 +139,8 @@ fn config(sims: &[&SimHandle]) -> WorkerConfig {
         health_interval: Duration::from_millis(300),
         heartbeat_interval: Duration::from_millis(200),
         reconnect_timeout: Duration::from_secs(2),
+        // Stopping a test worker interrupts its job at once, unless a test says otherwise.
+        drain_grace: Duration::ZERO,
         ..WorkerConfig::default()
     }
 }
@@ -653,13 +655,17 @@ async fn backends_are_published_with_their_catalogue() {
         .expect("stored");
     assert_eq!(Bytes::from(doc), direct);
     w.stop().await;
-    assert!(
-        env.store
-            .backends("default")
-            .await
-            .expect("backends")
-            .is_empty(),
-        "removed on shutdown"
+    let after = env.store.backends("default").await.expect("backends");
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0].state,
+        store::BackendState::Unhealthy,
+        "marked unhealthy on shutdown"
+    );
+    assert_eq!(
+        after[0].object_info_sha256.as_deref(),
+        Some(sha.as_str()),
+        "catalogue kept"
     );
     sim.shutdown().await;
 }
@@ -933,4 +939,511 @@ async fn a_silent_backend_is_not_waited_on_forever() {
     sim.faults().clear();
     w.stop().await;
     sim.shutdown().await;
+}
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> Bytes {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    Bytes::from(out.into_inner())
+}
+
+fn load_and_save(image: &str) -> Value {
+    json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}
+    })
+}
+
+#[tokio::test]
+async fn uploaded_inputs_are_shipped_to_the_backend_and_stay_private() {
+    let env = env().await;
+    let sim = sim().await;
+    let key = FileKey::new("u1", FileKind::Input, "pets", "cat.png").expect("key");
+    env.files
+        .put(&key, png(40, 30, [255, 0, 0]))
+        .await
+        .expect("upload");
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+
+    let job = new_job("u1", Some("c1"), &load_and_save("pets/cat.png"), &["3"]);
+    submit(&env.store, &job).await;
+    let _ = until_end_marker(&mut events, &job.prompt_id).await;
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Success, "{:?}", rec.history_json);
+    let out = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &job.prompt_id,
+        "inv_00001_.png",
+    )
+    .await;
+    assert_eq!(out.dimensions(), (40, 30));
+    assert_eq!(out.get_pixel(0, 0).0[..3], [0, 255, 255]);
+    // The history echoes the graph as submitted, not the backend's path.
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(h["prompt"][2]["1"]["inputs"]["image"], "pets/cat.png");
+    assert!(sim.input_dir().join("_broker/u1/pets/cat.png").is_file());
+
+    // Another user can reach neither u1's upload nor the file shipped to the backend.
+    let mut events2 = subscribe(&env.store, "u2").await;
+    for name in ["pets/cat.png", "_broker/u1/pets/cat.png"] {
+        let job = new_job("u2", Some("c2"), &load_and_save(name), &["3"]);
+        submit(&env.store, &job).await;
+        let got = until_end_marker(&mut events2, &job.prompt_id).await;
+        let err = got
+            .iter()
+            .filter_map(Got::json)
+            .find(|v| v["type"] == "execution_error")
+            .expect("execution_error");
+        assert_eq!(err["data"]["exception_type"], "invalid_input_file", "{err}");
+    }
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_a_running_job_back_without_using_an_attempt() {
+    let env = env().await;
+    let sim = sim().await;
+    sim.faults().set(Faults {
+        work_ms: Some(500),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    w.stop().await;
+    let rec = env
+        .store
+        .job("default", "u1", &job.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(rec.state, JobState::Pending);
+    assert_eq!(rec.attempts, 0);
+    assert!(env
+        .store
+        .backends("default")
+        .await
+        .expect("backends")
+        .iter()
+        .all(|b| b.state == store::BackendState::Unhealthy));
+    // A new worker picks it up and runs it to the end.
+    sim.faults().clear();
+    let w2 = start(&env, config(&[&sim]));
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 1);
+    w2.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_job_finish_within_the_grace_period() {
+    let env = env().await;
+    let sim = sim().await;
+    sim.faults().set(Faults {
+        work_ms: Some(150),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(
+        &env,
+        WorkerConfig {
+            drain_grace: Duration::from_secs(20),
+            ..config(&[&sim])
+        },
+    );
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let queued = new_job("u1", Some("c1"), &basic_save(7), &["2"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    submit(&env.store, &queued).await;
+    // SIGTERM: the running job completes; the queued one is not taken.
+    w.stop().await;
+    let rec = env
+        .store
+        .job("default", "u1", &job.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 1);
+    let waiting = env
+        .store
+        .job("default", "u1", &queued.prompt_id)
+        .await
+        .expect("job")
+        .expect("rec");
+    assert_eq!(waiting.state, JobState::Pending);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_runtime_error_ends_the_job_like_comfyui() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    // Trace 11: SaveImage refuses to write outside the output folder.
+    let job = new_job("u1", Some("c1"), &trace_prompt("11_"), &["3"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let expected: Vec<String> = load_trace("11_")
+        .iter()
+        .filter(|e| e["kind"] == "ws_recv")
+        .skip(1)
+        .map(|e| e["msg"]["type"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(got.iter().map(Got::kind).collect::<Vec<_>>(), expected);
+    let err = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_error")
+        .expect("execution_error");
+    assert_eq!(err["data"]["prompt_id"], pid.as_str());
+    assert_eq!(err["data"]["node_id"], "3");
+    assert_eq!(err["data"]["node_type"], "SaveImage");
+    assert!(err["data"]["traceback"].is_array());
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Error);
+    assert_eq!(rec.attempts, 1);
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(h["outputs"], json!({}));
+    assert_eq!(h["status"]["status_str"], "error");
+    assert_eq!(h["status"]["completed"], false);
+    assert_eq!(
+        h["status"]["messages"][2],
+        json!(["execution_error", err["data"]])
+    );
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cached_reruns_copy_the_earlier_file_into_the_new_job() {
+    let env = env().await;
+    let sim = sim().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&sim]));
+    let first = new_job("u1", Some("c1"), &basic_save(0x00ff00), &["2"]);
+    submit(&env.store, &first).await;
+    let _ = until_end_marker(&mut events, &first.prompt_id).await;
+    // Same graph again: the backend answers from its cache (trace 02), naming the old file.
+    let again = new_job("u1", Some("c1"), &basic_save(0x00ff00), &["2"]);
+    submit(&env.store, &again).await;
+    let got = until_end_marker(&mut events, &again.prompt_id).await;
+    let cached = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_cached")
+        .expect("execution_cached");
+    assert_eq!(cached["data"]["nodes"], json!(["1", "2"]));
+    let executed = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "executed")
+        .expect("executed replayed for the cached output");
+    assert_eq!(
+        executed["data"]["output"]["images"][0],
+        json!({"filename": "test_00001_.png", "subfolder": again.prompt_id, "type": "output"})
+    );
+    let img = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &again.prompt_id,
+        "test_00001_.png",
+    )
+    .await;
+    assert_eq!(img.get_pixel(0, 0).0[..3], [0, 255, 0]);
+    let h: Value = serde_json::from_str(
+        &env.store
+            .history_entry("default", "u1", &again.prompt_id)
+            .await
+            .expect("h")
+            .expect("entry"),
+    )
+    .expect("json");
+    assert_eq!(h["outputs"]["2"], executed["data"]["output"]);
+    w.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_workers_job_is_reclaimed_and_run_elsewhere() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        work_ms: Some(300),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let timing = |id: &str, s: &SimHandle| WorkerConfig {
+        id: id.into(),
+        lease_timeout: Duration::from_millis(600),
+        reclaim_interval: Duration::from_millis(100),
+        ..config(&[s])
+    };
+    let w1 = start(&env, timing("w1", &a));
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    // w1 dies without a word: no release, no more heartbeats.
+    w1.task.abort();
+    let _ = w1.task.await;
+    let w2 = start(&env, timing("w2", &b));
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.attempts, 2);
+    assert_eq!(rec.worker.as_deref(), Some("w2"));
+    w2.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Against a real ComfyUI: `COMFYUI_URL=http://127.0.0.1:8188 cargo test -p worker --test worker
+/// -- --ignored real_comfyui`. Runs trace 01's workflow (with a fresh colour, so nothing is
+/// cached) and a refused graph through the worker.
+#[tokio::test]
+#[ignore = "needs a real ComfyUI at COMFYUI_URL"]
+async fn real_comfyui_runs_trace_01_through_the_worker() {
+    let Ok(url) = std::env::var("COMFYUI_URL") else {
+        panic!("set COMFYUI_URL");
+    };
+    let env = env().await;
+    let mut events = subscribe(&env.store, "u1").await;
+    let cfg = WorkerConfig {
+        id: "w-real".into(),
+        backends: vec![BackendConfig {
+            id: Some("real".into()),
+            ..BackendConfig::new(url)
+        }],
+        ..config(&[])
+    };
+    let w = start(&env, cfg);
+    let color = u64::from(uuid_color());
+    let mut prompt = basic_save(color);
+    prompt["2"]["inputs"]["filename_prefix"] = json!("broker_check");
+    let job = new_job("u1", Some("c1"), &prompt, &["2"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    let got = until_end_marker(&mut events, &pid).await;
+    let expected: Vec<String> = load_trace("01_")
+        .iter()
+        .filter(|e| e["kind"] == "ws_recv")
+        .skip(1)
+        .map(|e| e["msg"]["type"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(got.iter().map(Got::kind).collect::<Vec<_>>(), expected);
+    let executed = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "executed")
+        .expect("executed");
+    let item = &executed["data"]["output"]["images"][0];
+    assert_eq!(item["subfolder"], pid.as_str());
+    let img = read_png(
+        &env.files,
+        "u1",
+        FileKind::Output,
+        &pid,
+        item["filename"].as_str().expect("filename"),
+    )
+    .await;
+    assert_eq!(img.dimensions(), (64, 64));
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    let h: Value = serde_json::from_str(&rec.history_json.expect("history")).expect("json");
+    assert_eq!(
+        h["meta"]["2"],
+        json!({"node_id": "2", "display_node": "2", "parent_node": null, "real_node_id": "2"})
+    );
+
+    let bad = new_job(
+        "u1",
+        Some("c1"),
+        &json!({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}),
+        &["1"],
+    );
+    submit(&env.store, &bad).await;
+    let got = until_end_marker(&mut events, &bad.prompt_id).await;
+    let err = got
+        .iter()
+        .filter_map(Got::json)
+        .find(|v| v["type"] == "execution_error")
+        .expect("execution_error");
+    assert_eq!(
+        err["data"]["exception_type"],
+        "prompt_outputs_failed_validation"
+    );
+
+    // A slow job, interrupted through the store (trace 12).
+    let c = uuid_color();
+    let slow = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": c}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 15, "sigma": 3.0}},
+        "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 15, "sigma": 3.0}},
+        "4": {"class_type": "ImageBlur", "inputs": {"image": ["3", 0], "blur_radius": 15, "sigma": 3.0}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    });
+    let job = new_job("u1", Some("c1"), &slow, &["5"]);
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| {
+            v["type"] == "executing"
+                && v["data"]["node"] == "2"
+                && v["data"]["prompt_id"] == job.prompt_id.as_str()
+        }) {
+            break;
+        }
+    }
+    env.store
+        .request_interrupt("default", "u1", Some(&job.prompt_id))
+        .await
+        .expect("interrupt");
+    let got = until_end_marker(&mut events, &job.prompt_id).await;
+    assert!(got
+        .iter()
+        .filter_map(Got::json)
+        .any(|v| v["type"] == "execution_interrupted"));
+    let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+    assert_eq!(rec.state, JobState::Interrupted);
+    w.stop().await;
+}
+
+fn uuid_color() -> u32 {
+    let id = protocol::ids::new_prompt_id();
+    u32::from_str_radix(&id[..6], 16).unwrap_or(0x123456)
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stops_publishing() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        work_ms: Some(800),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    // w1 renews its lease too rarely for w2's lease timeout: w2 takes the job over.
+    let w1 = start(
+        &env,
+        WorkerConfig {
+            id: "w1".into(),
+            heartbeat_interval: Duration::from_millis(1000),
+            reclaim_interval: Duration::from_secs(3600),
+            ..config(&[&a])
+        },
+    );
+    let job = new_job("u1", Some("c1"), &slow_prompt(), &["5"]);
+    let pid = job.prompt_id.clone();
+    submit(&env.store, &job).await;
+    loop {
+        let (_, g) = next_event(&mut events).await;
+        if g.json().is_some_and(|v| v["type"] == "executing") {
+            break;
+        }
+    }
+    let w2 = start(
+        &env,
+        WorkerConfig {
+            id: "w2".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            lease_timeout: Duration::from_millis(400),
+            reclaim_interval: Duration::from_millis(50),
+            ..config(&[&b])
+        },
+    );
+    let mut got = until_end_marker(&mut events, &pid).await;
+    // Nothing more arrives from the first attempt.
+    while let Ok(Some((_, raw))) =
+        tokio::time::timeout(Duration::from_millis(1500), events.next()).await
+    {
+        let env = Envelope::decode(&raw).expect("envelope");
+        if let Payload::Text(t) = env.payload {
+            got.push(Got::Text(
+                env.target,
+                serde_json::from_slice(&t).expect("json"),
+            ));
+        }
+    }
+    let terminals = got
+        .iter()
+        .filter_map(Got::json)
+        .filter(|v| {
+            let t = v["type"].as_str().unwrap_or("");
+            t.starts_with("execution_") && t != "execution_start" && t != "execution_cached"
+                || (t == "executing" && v["data"]["node"].is_null())
+        })
+        .count();
+    assert_eq!(terminals, 2, "one terminal message and one end marker");
+    let rec = wait_state(&env.store, "u1", &pid).await;
+    assert_eq!(rec.state, JobState::Success);
+    assert_eq!(rec.worker.as_deref(), Some("w2"));
+    assert!(rec.attempts >= 2);
+    w1.stop().await;
+    w2.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_failing_every_prompt_does_not_eat_the_jobs() {
+    let env = env().await;
+    let (a, b) = (sim().await, sim().await);
+    a.faults().set(Faults {
+        prompt_status: Some(500),
+        ..Faults::default()
+    });
+    let mut events = subscribe(&env.store, "u1").await;
+    let w = start(&env, config(&[&a, &b]));
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = new_job("u1", Some("c1"), &basic_save(0), &["2"]);
+        submit(&env.store, &job).await;
+        jobs.push(job);
+    }
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < jobs.len() {
+        let (_, g) = next_event(&mut events).await;
+        if let Some(v) = g.json() {
+            if v["type"] == "executing" && v["data"]["node"].is_null() {
+                ended.insert(v["data"]["prompt_id"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    for job in &jobs {
+        let rec = wait_state(&env.store, "u1", &job.prompt_id).await;
+        assert_eq!(rec.state, JobState::Success);
+        assert_eq!(rec.backend.as_deref(), Some("b1"));
+    }
+    w.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -132,11 +132,16 @@ impl Env {
         }
     }
 
-    /// Triggers the graceful shutdown and waits for the server to stop.
-    pub async fn shutdown(&mut self) {
+    /// Triggers the graceful shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Triggers the graceful shutdown and waits for the server to stop.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
         if let Some(h) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
@@ -234,9 +239,17 @@ impl Env {
         if let Some(c) = client_id {
             q.push_str(&format!("&clientId={c}"));
         }
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/ws?{q}", self.ws_base))
-            .await
-            .expect("ws connect");
+        // Small client buffers, so memory measurements see the server's share.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+            format!("{}/ws?{q}", self.ws_base),
+            Some(config),
+            false,
+        )
+        .await
+        .expect("ws connect");
         let first = next_text(&mut ws).await;
         (ws, first)
     }

@@ -6,9 +6,11 @@
 -- KEYS[5] history zset  <p>:{pool}:hist:<uid>
 -- KEYS[6] history seq   <p>:{pool}:hseq
 -- KEYS[7] pending zset  <p>:{pool}:pending:<uid>
+-- KEYS[8] dead letters  <p>:{pool}:dead
 -- ARGV[1] lease id  ARGV[2] state (success|error|interrupted)  ARGV[3] history entry JSON
 -- ARGV[4] terminal message JSON ('' for none)  ARGV[5] now (ms)  ARGV[6] user's event channel
 -- ARGV[7] uid  ARGV[8] pid  ARGV[9] consumer group  ARGV[10] history cap  ARGV[11] pool base
+-- ARGV[12] dead-letter reason ('' when the job is not a dead letter)
 -- Returns 1 when finished, 0 when the lease was lost (someone else owns the job now).
 local cur = redis.call('HMGET', KEYS[1], 'lease', 'state', 'cid')
 if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then return 0 end
@@ -26,6 +28,10 @@ if excess > 0 then
 end
 redis.call('XACK', KEYS[2], ARGV[9], ARGV[1])
 redis.call('XDEL', KEYS[2], ARGV[1])
+if ARGV[12] ~= '' then
+  local attempts = redis.call('HGET', KEYS[1], 'attempts') or '0'
+  redis.call('XADD', KEYS[8], '*', 'job', ARGV[7] .. ':' .. ARGV[8], 'attempts', attempts, 'reason', ARGV[12], 'at', ARGV[5])
+end
 
 local cid = cur[3] or ''
 local to_client = 'TC' .. string.char(math.floor(#cid / 256), #cid % 256) .. cid
