@@ -530,3 +530,123 @@ async fn login_stores_an_owner_only_token_that_is_never_printed_and_logout_revok
         "the token itself is never sent as the prefix"
     );
 }
+
+/// A TCP proxy in front of a gateway that can cut every open connection and refuse WebSocket
+/// upgrades (so only polling can tell the client its job ended).
+struct CutProxy {
+    url: String,
+    cut: tokio::sync::broadcast::Sender<()>,
+    block_ws: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    async fn start(upstream: &str) -> CutProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let (cut, _) = tokio::sync::broadcast::channel::<()>(4);
+        let block_ws = std::sync::Arc::new(AtomicBool::new(false));
+        let (cut2, block2) = (cut.clone(), block_ws.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut2.subscribe();
+                let (upstream, block) = (upstream.clone(), block2.clone());
+                tokio::spawn(async move {
+                    let mut first = vec![0u8; 8192];
+                    let Ok(n) = down.read(&mut first).await else {
+                        return;
+                    };
+                    first.truncate(n);
+                    let head = String::from_utf8_lossy(&first).to_lowercase();
+                    if block.load(Ordering::SeqCst) && head.contains("upgrade: websocket") {
+                        let _ = down
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    if up.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut_rx.recv() => {}
+                    }
+                });
+            }
+        });
+        CutProxy { url, cut, block_ws }
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_socket_that_cannot_come_back_falls_back_to_polling() {
+    dropped_socket(true).await;
+}
+
+#[tokio::test]
+async fn a_dropped_socket_is_reopened_with_the_same_client_id() {
+    dropped_socket(false).await;
+}
+
+async fn dropped_socket(block_ws: bool) {
+    let stack = Stack::start(1, 1).await;
+    set_faults(&stack, json!({"node_work_ms": {"1": 1500}})).await;
+    let proxy = CutProxy::start(&stack.gateways[0]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(40, 24));
+    let out = dir.path().join("out");
+    let mut cmd = client(dir.path(), &proxy.url, Some(&stack.token("frank")));
+    cmd.arg("run")
+        .arg(&wf)
+        .arg("--out")
+        .arg(&out)
+        .args(["--timeout", "20s"]);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let line = tokio::time::timeout_at(deadline, stdout.next_line())
+            .await
+            .expect("node 1 started in time")
+            .unwrap()
+            .expect("client still running");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        lines.push(v.clone());
+        if v["type"] == "executing" && v["data"]["node"] == "1" {
+            break;
+        }
+    }
+    // The socket dies (and, with `block_ws`, can never be opened again).
+    proxy
+        .block_ws
+        .store(block_ws, std::sync::atomic::Ordering::SeqCst);
+    proxy.cut.send(()).unwrap();
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, stdout.next_line())
+        .await
+        .expect("client finished in time")
+    {
+        lines.push(serde_json::from_str(&line).unwrap());
+    }
+    let status = child.wait().await.unwrap();
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    assert_eq!(status.code(), Some(0), "{types:?}");
+    assert!(types.contains(&"reconnecting"), "{types:?}");
+    assert_eq!(types.contains(&"reconnected"), !block_ws, "{types:?}");
+    if !block_ws {
+        // Same clientId: the submitter-only events reach the new socket.
+        assert!(types.contains(&"execution_success"), "{types:?}");
+    }
+    let result = lines.last().unwrap();
+    assert_eq!(result["data"]["status"], "success", "{result}");
+    let file = result["data"]["files"][0].as_str().unwrap();
+    let img = image::open(file).unwrap();
+    assert_eq!((img.width(), img.height()), (40, 24));
+}
