@@ -650,3 +650,78 @@ async fn dropped_socket(block_ws: bool) {
     let img = image::open(file).unwrap();
     assert_eq!((img.width(), img.height()), (40, 24));
 }
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A bare simulated ComfyUI node (no broker): the client speaks plain ComfyUI, so it runs there
+/// too. Used for what the gateway does not serve yet (uploads).
+async fn bare_sim() -> (KillOnDrop, String) {
+    let port = common::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_comfy-broker"))
+        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("{url}/system_stats"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "sim never answered");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    (KillOnDrop(child), url)
+}
+
+#[tokio::test]
+async fn local_images_are_uploaded_and_the_graph_rewritten() {
+    let (_sim, url) = bare_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = image::RgbImage::new(10, 6);
+    img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+    img.save(dir.path().join("input.png")).unwrap();
+    // The path is relative to the workflow file's directory.
+    let graph = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "input.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}
+    });
+    let wf = write_workflow(dir.path(), &graph);
+    let out = dir.path().join("out");
+    let mut cmd = client(dir.path(), &url, Some("any"));
+    cmd.current_dir("/")
+        .arg("run")
+        .arg(&wf)
+        .arg("--out")
+        .arg(&out);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines = json_lines(&r.stdout);
+    let up = lines
+        .iter()
+        .find(|l| l["type"] == "uploaded")
+        .expect("an uploaded line");
+    assert_eq!(up["data"]["node"], "1");
+    assert_eq!(up["data"]["name"], "input.png");
+    let file = lines.last().unwrap()["data"]["files"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let got = image::open(file).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (10, 6));
+    assert_eq!(got.get_pixel(0, 0), &image::Rgb([0, 255, 255]));
+    assert_eq!(got.get_pixel(1, 1), &image::Rgb([255, 255, 255]));
+}
