@@ -169,6 +169,17 @@ async fn a_failing_node_exits_1_naming_the_node_and_message() {
     );
     let lines = json_lines(&r.stdout);
     assert_eq!(lines.last().unwrap()["data"]["status"], "error");
+
+    // A graph the server refuses: exit 1, each node error on its own line.
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(&stack.token("bob")));
+    cmd.arg("run").arg(&wf).args(["--set", "1.width=999999"]);
+    let r = output(cmd).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused the workflow") && r.stderr.contains("node 1 (EmptyImage)"),
+        "stderr: {}",
+        r.stderr
+    );
 }
 
 #[tokio::test]
@@ -358,12 +369,20 @@ async fn no_wait_then_queue_history_and_cancel() {
     assert_eq!(output(cmd).await.code, 1);
 }
 
-/// A minimal stand-in for the token routes (until they land on main): answers
-/// `POST /mss-login/generate_token`, `GET /queue` (only with the issued token) and
-/// `DELETE /mss-login/api/tokens`, and records what it was asked.
-async fn fake_login_server(
-    token: &'static str,
-) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+/// One request as the fake server saw it.
+struct FakeRequest {
+    /// `METHOD /path?query`.
+    target: String,
+    /// The bearer token, if any.
+    bearer: Option<String>,
+    body: String,
+}
+
+type Handler = std::sync::Arc<dyn Fn(&FakeRequest) -> (u16, String) + Send + Sync>;
+
+/// A minimal HTTP/1.1 server for routes the gateway does not serve yet (accounts, userdata):
+/// every request goes to `handler`; returns its URL and a log of `target authed body` lines.
+async fn fake_server(handler: Handler) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -372,7 +391,7 @@ async fn fake_login_server(
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let tx = tx.clone();
+            let (tx, handler) = (tx.clone(), handler.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -388,13 +407,14 @@ async fn fake_login_server(
                         break (String::from_utf8_lossy(&buf[..i]).into_owned(), i + 4);
                     }
                 };
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
                     })
+                };
+                let len: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 while buf.len() < body_start + len {
                     let Ok(n) = sock.read(&mut chunk).await else {
@@ -405,42 +425,27 @@ async fn fake_login_server(
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = String::from_utf8_lossy(&buf[body_start..]).into_owned();
-                let line = head.lines().next().unwrap_or("").to_owned();
-                let authed = head
-                    .to_lowercase()
-                    .contains(&format!("authorization: bearer {}", token.to_lowercase()));
-                let _ = tx.send(format!("{line} authed={authed} {body}"));
-                let (status, answer) = if line.starts_with("POST /mss-login/generate_token") {
-                    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    if v["username"] == "alice" && v["password"] == "pw with spaces" {
-                        ("200 OK", json!({"message": "API token created.", "jwt_token": token, "expires_in_hours": 720.0}).to_string())
-                    } else {
-                        (
-                            "401 Unauthorized",
-                            json!({"error": "Invalid credentials."}).to_string(),
-                        )
-                    }
-                } else if !authed {
-                    (
-                        "401 Unauthorized",
-                        json!({"error": "Authentication required."}).to_string(),
-                    )
-                } else if line.starts_with("GET /queue") {
-                    (
-                        "200 OK",
-                        json!({"queue_running": [], "queue_pending": []}).to_string(),
-                    )
-                } else if line.starts_with("DELETE /mss-login/api/tokens") {
-                    ("200 OK", json!({"message": "Token revoked."}).to_string())
-                } else {
-                    (
-                        "404 Not Found",
-                        json!({"error": "no such route"}).to_string(),
-                    )
+                let line = head.lines().next().unwrap_or("");
+                let target = line
+                    .rsplit_once(' ')
+                    .map(|(t, _)| t)
+                    .unwrap_or(line)
+                    .to_owned();
+                let req = FakeRequest {
+                    target,
+                    bearer: header("authorization")
+                        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
+                    body: String::from_utf8_lossy(&buf[body_start..]).into_owned(),
                 };
+                let (status, answer) = handler(&req);
+                let _ = tx.send(format!(
+                    "{} authed={} {}",
+                    req.target,
+                    req.bearer.is_some(),
+                    req.body
+                ));
                 let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
                     answer.len()
                 );
                 let _ = sock.write_all(resp.as_bytes()).await;
@@ -449,6 +454,34 @@ async fn fake_login_server(
         }
     });
     (url, rx)
+}
+
+/// A stand-in for the token routes (until they land on main): `POST /mss-login/generate_token`,
+/// `GET /queue` and `DELETE /mss-login/api/tokens` (only with the issued token).
+async fn fake_login_server(
+    token: &'static str,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    fake_server(std::sync::Arc::new(move |req: &FakeRequest| {
+        let authed = req.bearer.as_deref() == Some(token);
+        if req.target == "POST /mss-login/generate_token" {
+            let v: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
+            if v["username"] == "alice" && v["password"] == "pw with spaces" {
+                let ok = json!({"message": "API token created.", "jwt_token": token, "expires_in_hours": 720.0});
+                (200, ok.to_string())
+            } else {
+                (401, json!({"error": "Invalid credentials."}).to_string())
+            }
+        } else if !authed {
+            (401, json!({"error": "Authentication required."}).to_string())
+        } else if req.target == "GET /queue" {
+            (200, json!({"queue_running": [], "queue_pending": []}).to_string())
+        } else if req.target == "DELETE /mss-login/api/tokens" {
+            (200, json!({"message": "Token revoked."}).to_string())
+        } else {
+            (404, json!({"error": "no such route"}).to_string())
+        }
+    }))
+    .await
 }
 
 #[cfg(unix)]
@@ -524,6 +557,14 @@ async fn login_stores_an_owner_only_token_that_is_never_printed_and_logout_revok
         .find(|l| l.starts_with("DELETE /mss-login/api/tokens"))
         .unwrap_or_else(|| panic!("no revocation in {asked:?}"));
     assert!(revoke.contains("authed=true"), "{revoke}");
+    let prefix = format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(TOKEN.as_bytes())
+    );
+    assert!(
+        revoke.contains(&prefix),
+        "the full hash names the token: {revoke}"
+    );
     assert!(revoke.contains("token_hash_prefix"), "{revoke}");
     assert!(
         !revoke.contains(TOKEN),
@@ -724,4 +765,117 @@ async fn local_images_are_uploaded_and_the_graph_rewritten() {
     assert_eq!(got.dimensions(), (10, 6));
     assert_eq!(got.get_pixel(0, 0), &image::Rgb([0, 255, 255]));
     assert_eq!(got.get_pixel(1, 1), &image::Rgb([255, 255, 255]));
+}
+
+#[tokio::test]
+async fn workflows_ls_get_put_rm_over_the_userdata_api() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    // ComfyUI's userdata semantics (comfyui-api.md §1.11), until the gateway serves them.
+    let files: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let f = files.clone();
+    let (url, _) = fake_server(Arc::new(move |req: &FakeRequest| {
+        if req.bearer.as_deref() != Some("tok") {
+            return (
+                401,
+                json!({"error": "Authentication required."}).to_string(),
+            );
+        }
+        let mut files = f.lock().unwrap();
+        let (method, target) = req.target.split_once(' ').unwrap();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if method == "GET" && path == "/api/userdata" {
+            assert!(query.contains("dir=workflows"), "{query}");
+            let names: Vec<&str> = files
+                .keys()
+                .filter_map(|k| k.strip_prefix("workflows/"))
+                .collect();
+            return if names.is_empty() {
+                (404, String::new())
+            } else {
+                (200, json!(names).to_string())
+            };
+        }
+        // One path segment: `/` inside the name is sent as %2F.
+        let Some(enc) = path.strip_prefix("/api/userdata/") else {
+            return (404, String::new());
+        };
+        assert!(!enc.contains('/'), "{enc}");
+        let name = enc.replace("%2F", "/").replace("%20", " ");
+        match method {
+            "GET" => match files.get(&name) {
+                Some(c) => (200, c.clone()),
+                None => (404, String::new()),
+            },
+            "POST" => {
+                if query.contains("overwrite=false") && files.contains_key(&name) {
+                    return (409, "File already exists".into());
+                }
+                files.insert(name.clone(), req.body.clone());
+                (200, json!(name).to_string())
+            }
+            "DELETE" => match files.remove(&name) {
+                Some(_) => (204, String::new()),
+                None => (404, String::new()),
+            },
+            _ => (405, String::new()),
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(8, 8));
+    let run = |args: Vec<String>| {
+        let mut cmd = client(dir.path(), &url, Some("tok"));
+        cmd.args(args);
+        output(cmd)
+    };
+    let a = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let wf_s = wf.to_str().unwrap().to_owned();
+
+    let r = run(a("workflows ls")).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
+    let r = run(vec![
+        "workflows".into(),
+        "put".into(),
+        wf_s.clone(),
+        "--name".into(),
+        "my flow".into(),
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(files.lock().unwrap().contains_key("workflows/my flow.json"));
+    let r = run(a("workflows ls")).await;
+    assert_eq!(r.stdout, "my flow.json\n");
+    // No silent overwrite.
+    let r = run(vec![
+        "workflows".into(),
+        "put".into(),
+        wf_s.clone(),
+        "--name".into(),
+        "my flow".into(),
+    ])
+    .await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    let r = run(vec![
+        "workflows".into(),
+        "put".into(),
+        wf_s.clone(),
+        "--name".into(),
+        "my flow".into(),
+        "--force".into(),
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(vec!["workflows".into(), "get".into(), "my flow".into()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(got, basic_prompt(8, 8));
+    let r = run(vec!["workflows".into(), "rm".into(), "my flow".into()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(vec!["workflows".into(), "rm".into(), "my flow".into()]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no such workflow"), "{}", r.stderr);
+    let r = run(a("workflows get nope")).await;
+    assert_eq!(r.code, 1);
 }
