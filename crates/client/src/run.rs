@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -55,8 +56,18 @@ pub struct RunResult {
 /// Runs a workflow to completion (or submits it with `no_wait`). In JSON mode a final
 /// `{"type": "result", ...}` line is printed whatever the outcome.
 pub async fn run(api: &Api, opts: &RunOptions) -> Result<RunResult, ClientError> {
-    let mut prompt_id = None;
-    let result = run_inner(api, opts, &mut prompt_id).await;
+    // The id is ours before anything is sent, so Ctrl-C can cancel the job even while the
+    // submit itself is in flight.
+    let prompt_id = protocol::ids::new_prompt_id();
+    let submitting = AtomicBool::new(false);
+    let result = tokio::select! {
+        r = run_inner(api, opts, &prompt_id, &submitting) => r,
+        r = tokio::signal::ctrl_c() => match r {
+            Ok(()) => Err(on_ctrl_c(api, &prompt_id, submitting.load(Ordering::SeqCst)).await),
+            Err(e) => Err(ClientError::Transport(format!("cannot watch for Ctrl-C: {e}"))),
+        },
+    };
+    let prompt_id = submitting.load(Ordering::SeqCst).then_some(prompt_id);
     if opts.mode == Mode::Json {
         let data = match &result {
             Ok(r) => json!({
@@ -84,7 +95,8 @@ pub async fn run(api: &Api, opts: &RunOptions) -> Result<RunResult, ClientError>
 async fn run_inner(
     api: &Api,
     opts: &RunOptions,
-    prompt_id_out: &mut Option<String>,
+    prompt_id: &str,
+    submitting: &AtomicBool,
 ) -> Result<RunResult, ClientError> {
     let started = Instant::now();
     let deadline = started + opts.timeout;
@@ -113,20 +125,29 @@ async fn run_inner(
         );
     }
 
-    let prompt_id = protocol::ids::new_prompt_id();
     let client_id = protocol::ids::new_sid();
-    // The socket is open before the submit, so no event of the job can be missed.
+    // The socket is open before the submit, so no event of the job can be missed. If it
+    // cannot be opened (a proxy without WebSocket support ...), the history is polled instead.
     let ws = if opts.no_wait {
         None
     } else {
-        Some(api.connect_ws(&client_id).await?)
+        match api.connect_ws(&client_id).await {
+            Ok(ws) => Some(ws),
+            Err(e @ (ClientError::Auth(_) | ClientError::Connect { .. })) => return Err(e),
+            Err(e) => {
+                display.note(&format!(
+                    "no live events ({e}); polling the history instead"
+                ));
+                None
+            }
+        }
     };
     let mut body = json!({"prompt": Value::Object(wf.graph.clone()), "client_id": client_id, "prompt_id": prompt_id});
     if let Some(extra) = wf.extra_data.take() {
         body["extra_data"] = Value::Object(extra);
     }
+    submitting.store(true, Ordering::SeqCst);
     let answer = submit(api, &body, &wf.graph).await?;
-    *prompt_id_out = Some(prompt_id.clone());
     display.client_event(
         "submitted",
         json!({"prompt_id": prompt_id, "number": answer.get("number"), "client_id": client_id}),
@@ -137,21 +158,21 @@ async fn run_inner(
             println!("{prompt_id}");
         }
         return Ok(RunResult {
-            prompt_id,
+            prompt_id: prompt_id.to_owned(),
             files: Vec::new(),
         });
     }
-    display.start(&prompt_id);
+    display.start(prompt_id);
 
     let follower = Follower {
         api,
-        prompt_id: &prompt_id,
+        prompt_id,
         client_id: &client_id,
     };
     let entry = follower.wait(ws, deadline, &mut display, started).await;
     display.finish();
     let entry = entry?;
-    check_outcome(&entry, &wf.graph, &prompt_id)?;
+    check_outcome(&entry, &wf.graph, prompt_id)?;
 
     let files = download_outputs(api, &entry, &opts.out, &mut display).await?;
     if opts.mode == Mode::Human {
@@ -166,7 +187,10 @@ async fn run_inner(
             println!("{}", f.display());
         }
     }
-    Ok(RunResult { prompt_id, files })
+    Ok(RunResult {
+        prompt_id: prompt_id.to_owned(),
+        files,
+    })
 }
 
 /// `POST /upload/image` of one local file; returns the name to put in the graph.
@@ -272,8 +296,6 @@ impl Follower<'_> {
         display: &mut Display,
         started: Instant,
     ) -> Result<Value, ClientError> {
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
         let mut outputs = Map::new();
         let mut backoff = Duration::from_millis(200);
         let mut reconnect_at = Instant::now();
@@ -293,16 +315,6 @@ impl Follower<'_> {
                         humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
                         id = self.prompt_id,
                     )));
-                }
-                r = &mut ctrl_c => {
-                    if r.is_ok() {
-                        display.finish();
-                        self.interrupt().await;
-                        return Err(ClientError::Interrupted(format!(
-                            "interrupted: asked the server to stop job {}",
-                            self.prompt_id
-                        )));
-                    }
                 }
                 msg = ws_next => match msg {
                     Some(Ok(Message::Text(t))) => {
@@ -453,33 +465,37 @@ impl Follower<'_> {
         }
         Ok(None)
     }
+}
 
-    /// Ctrl-C: cancel the job on the server, whether pending or running. The jobs API does both
-    /// atomically; `/interrupt {prompt_id}` and `/queue {delete}` back it up (servers without it).
-    async fn interrupt(&self) {
-        let id = self.prompt_id;
-        let send = |path: String, body: Value| {
-            self.api
-                .request(Method::POST, &path)
-                .json(&body)
-                .timeout(CANCEL_TIMEOUT)
-                .send()
-        };
-        let cancelled = match send(format!("/api/jobs/{id}/cancel"), json!({})).await {
-            Ok(r) if r.status().is_success() => r
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v.get("cancelled").and_then(Value::as_bool))
-                .unwrap_or(false),
-            _ => false,
-        };
-        if !cancelled {
-            let _ = send("/interrupt".into(), json!({"prompt_id": id})).await;
-            let _ = send("/queue".into(), json!({"delete": [id]})).await;
-        }
-        eprintln!("interrupt sent for job {id}");
+/// Ctrl-C: cancel the job on the server (if it may have been submitted), whether pending or
+/// running. The jobs API does both atomically; `/interrupt {prompt_id}` and `/queue {delete}`
+/// back it up (servers without it). Returns the error to exit with.
+async fn on_ctrl_c(api: &Api, id: &str, submitted: bool) -> ClientError {
+    if !submitted {
+        return ClientError::Interrupted("interrupted before the job was submitted".into());
     }
+    let send = |path: String, body: Value| {
+        api.request(Method::POST, &path)
+            .json(&body)
+            .timeout(CANCEL_TIMEOUT)
+            .send()
+    };
+    let cancelled = match send(format!("/api/jobs/{id}/cancel"), json!({})).await {
+        Ok(r) if r.status().is_success() => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v.get("cancelled").and_then(Value::as_bool))
+            .unwrap_or(false),
+        _ => false,
+    };
+    if !cancelled {
+        let _ = send("/interrupt".into(), json!({"prompt_id": id})).await;
+        let _ = send("/queue".into(), json!({"delete": [id]})).await;
+    }
+    ClientError::Interrupted(format!(
+        "interrupted: asked the server to stop job {id} (see `comfy-broker history {id}`)"
+    ))
 }
 
 /// Success, or the error the entry records (exit 1 for a node failure, 3 for an interrupt).
