@@ -123,6 +123,26 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration as TOML with secrets replaced by `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        let mut c = self.clone();
+        if !c.auth.secret.is_empty() {
+            c.auth.secret = "<redacted>".into();
+        }
+        if let Ok(mut url) = url::Url::parse(&c.redis.url) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+                c.redis.url = url.to_string();
+            }
+        }
+        for b in &mut c.worker.backends {
+            for v in b.headers.values_mut() {
+                *v = "<redacted>".into();
+            }
+        }
+        Ok(toml::to_string_pretty(&c)?)
+    }
+
     /// Checks needed by processes that verify or mint tokens.
     pub fn validate_auth(&self) -> anyhow::Result<()> {
         if self.auth.secret.len() < 32 {
@@ -145,6 +165,35 @@ mod tests {
         assert!(err.contains("urll"), "{err}");
         std::fs::write(&p, "[nope]\na = 1\n").unwrap();
         assert!(Config::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let doc: toml::Value = toml::from_str(&Config::default().to_redacted_toml().unwrap()).unwrap();
+        let mut missing = Vec::new();
+        for (section, table) in doc.as_table().unwrap() {
+            for key in table.as_table().unwrap().keys() {
+                let name = format!("`{section}.{key}`");
+                if !readme.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "README lacks {missing:?}");
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets_and_reads_back() {
+        let mut c = Config::default();
+        c.auth.secret = "super-secret-super-secret-super-secret".into();
+        c.redis.url = "redis://:hunter2@localhost:6379".into();
+        let text = c.to_redacted_toml().unwrap();
+        assert!(!text.contains("super-secret") && !text.contains("hunter2"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, &text).unwrap();
+        assert!(Config::load(Some(&p)).is_ok());
     }
 
     #[test]

@@ -62,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
+    /// Print the effective configuration (defaults ← file ← environment) as TOML, secrets
+    /// redacted.
+    Config,
     /// Operate on jobs: dead letters.
     Jobs {
         #[command(subcommand)]
@@ -173,6 +176,10 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         } => {
             let store = connect(&config).await?;
             admin::create_api_token(&store, &user, ttl, &name).await
+        }
+        Command::Config => {
+            print!("{}", config.to_redacted_toml()?);
+            Ok(())
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
