@@ -170,7 +170,8 @@ mod tests {
     #[test]
     fn every_key_is_documented_in_the_readme() {
         let readme = include_str!("../README.md");
-        let doc: toml::Value = toml::from_str(&Config::default().to_redacted_toml().unwrap()).unwrap();
+        let doc: toml::Value =
+            toml::from_str(&Config::default().to_redacted_toml().unwrap()).unwrap();
         let mut missing = Vec::new();
         for (section, table) in doc.as_table().unwrap() {
             for key in table.as_table().unwrap().keys() {
@@ -189,7 +190,10 @@ mod tests {
         c.auth.secret = "super-secret-super-secret-super-secret".into();
         c.redis.url = "redis://:hunter2@localhost:6379".into();
         let text = c.to_redacted_toml().unwrap();
-        assert!(!text.contains("super-secret") && !text.contains("hunter2"), "{text}");
+        assert!(
+            !text.contains("super-secret") && !text.contains("hunter2"),
+            "{text}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, &text).unwrap();

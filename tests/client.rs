@@ -578,6 +578,17 @@ struct CutProxy {
     url: String,
     cut: tokio::sync::broadcast::Sender<()>,
     block_ws: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This many `POST /prompt` get a 503 with `Retry-After: 1`.
+    busy_prompts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// This many `POST /prompt` reach the gateway but lose their answer.
+    lost_answers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Takes one from `n` if it is positive.
+fn take_one(n: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering;
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
 }
 
 impl CutProxy {
@@ -588,7 +599,10 @@ impl CutProxy {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let (cut, _) = tokio::sync::broadcast::channel::<()>(4);
         let block_ws = std::sync::Arc::new(AtomicBool::new(false));
+        let busy_prompts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lost_answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (cut2, block2) = (cut.clone(), block_ws.clone());
+        let (busy2, lost2) = (busy_prompts.clone(), lost_answers.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut down, _)) = listener.accept().await else {
@@ -596,6 +610,7 @@ impl CutProxy {
                 };
                 let mut cut_rx = cut2.subscribe();
                 let (upstream, block) = (upstream.clone(), block2.clone());
+                let (busy, lost) = (busy2.clone(), lost2.clone());
                 tokio::spawn(async move {
                     let mut first = vec![0u8; 8192];
                     let Ok(n) = down.read(&mut first).await else {
@@ -609,10 +624,30 @@ impl CutProxy {
                             .await;
                         return;
                     }
+                    let is_submit = head.starts_with("post /prompt ");
+                    if is_submit && take_one(&busy) {
+                        let body = r#"{"error": {"type": "busy", "message": "Too many requests", "details": "", "extra_info": {}}, "node_errors": {}}"#;
+                        let resp = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = down.write_all(resp.as_bytes()).await;
+                        return;
+                    }
                     let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
                     if up.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    if is_submit && take_one(&lost) {
+                        // Forward the request, and drop the connection once the answer starts.
+                        let (mut up_r, mut up_w) = up.into_split();
+                        let mut answer = [0u8; 1];
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut down, &mut up_w) => {}
+                            _ = up_r.read(&mut answer) => {}
+                        }
                         return;
                     }
                     tokio::select! {
@@ -622,7 +657,13 @@ impl CutProxy {
                 });
             }
         });
-        CutProxy { url, cut, block_ws }
+        CutProxy {
+            url,
+            cut,
+            block_ws,
+            busy_prompts,
+            lost_answers,
+        }
     }
 }
 
@@ -878,4 +919,33 @@ async fn workflows_ls_get_put_rm_over_the_userdata_api() {
     assert!(r.stderr.contains("no such workflow"), "{}", r.stderr);
     let r = run(a("workflows get nope")).await;
     assert_eq!(r.code, 1);
+}
+
+#[tokio::test]
+async fn a_busy_server_and_a_lost_submit_answer_are_retried_without_a_second_job() {
+    let stack = Stack::start(1, 1).await;
+    let proxy = CutProxy::start(&stack.gateways[0]).await;
+    proxy
+        .busy_prompts
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .lost_answers
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let token = stack.token("gina");
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(20, 20));
+    let mut cmd = client(dir.path(), &proxy.url, Some(&token));
+    cmd.arg("run").arg(&wf).arg("--out").arg(dir.path());
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines = json_lines(&r.stdout);
+    assert_eq!(lines.last().unwrap()["data"]["status"], "success");
+    // Three submits reached the proxy; the gateway queued one job.
+    let (_, history) = stack.get_json(0, &token, "/history").await;
+    assert_eq!(history.as_object().unwrap().len(), 1, "{history}");
+    assert_eq!(
+        proxy.busy_prompts.load(std::sync::atomic::Ordering::SeqCst)
+            + proxy.lost_answers.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

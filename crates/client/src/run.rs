@@ -147,7 +147,7 @@ async fn run_inner(
         body["extra_data"] = Value::Object(extra);
     }
     submitting.store(true, Ordering::SeqCst);
-    let answer = submit(api, &body, &wf.graph).await?;
+    let answer = submit(api, &body, &wf.graph, deadline, &display).await?;
     display.client_event(
         "submitted",
         json!({"prompt_id": prompt_id, "number": answer.get("number"), "client_id": client_id}),
@@ -224,26 +224,85 @@ async fn upload(api: &Api, path: &Path) -> Result<String, ClientError> {
     })
 }
 
-/// `POST /prompt`; a 400 is turned into a readable list of the graph's errors.
-async fn submit(api: &Api, body: &Value, graph: &Map<String, Value>) -> Result<Value, ClientError> {
+/// How often a submit that did not get through is tried.
+const SUBMIT_ATTEMPTS: u32 = 4;
+/// Longest wait a `Retry-After` may impose on a submit.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// `POST /prompt`; a 400 is turned into a readable list of the graph's errors. Busy answers
+/// (429, 503) are retried after their `Retry-After`, and a submit whose answer was lost is sent
+/// again: the client-made `prompt_id` makes a repeat return the first answer, never a second job.
+async fn submit(
+    api: &Api,
+    body: &Value,
+    graph: &Map<String, Value>,
+    deadline: Instant,
+    display: &Display,
+) -> Result<Value, ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (err, wait) = match submit_once(api, body, graph).await {
+            Ok(v) => return Ok(v),
+            Err(Submit::Final(e)) => return Err(e),
+            Err(Submit::Retry(e, wait)) => (e, wait),
+        };
+        let wait = wait.unwrap_or(Duration::from_millis(500 * u64::from(attempt)));
+        if attempt >= SUBMIT_ATTEMPTS || Instant::now() + wait >= deadline {
+            return Err(err);
+        }
+        display.note(&format!(
+            "submit did not go through ({err}); retrying in {}",
+            humantime::format_duration(wait)
+        ));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+enum Submit {
+    Final(ClientError),
+    Retry(ClientError, Option<Duration>),
+}
+
+async fn submit_once(api: &Api, body: &Value, graph: &Map<String, Value>) -> Result<Value, Submit> {
     let rb = api.request(Method::POST, "/prompt").json(body);
-    let resp = rb
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|e| api.transport_error(e))?;
+    let resp = match rb.timeout(Duration::from_secs(60)).send().await {
+        Ok(r) => r,
+        Err(e) => return Err(Submit::Retry(api.transport_error(e), None)),
+    };
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    let text = match resp.text().await {
+        Ok(t) => t,
+        Err(e) => return Err(Submit::Retry(api.transport_error(e), None)),
+    };
     if status.is_success() {
-        return serde_json::from_str(&text)
-            .map_err(|e| ClientError::Transport(format!("/prompt: the answer is not JSON: {e}")));
+        return serde_json::from_str(&text).map_err(|e| {
+            Submit::Final(ClientError::Transport(format!(
+                "/prompt: the answer is not JSON: {e}"
+            )))
+        });
     }
     if status == StatusCode::BAD_REQUEST {
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            return Err(ClientError::Rejected(format_rejection(&v, graph)));
+            return Err(Submit::Final(ClientError::Rejected(format_rejection(
+                &v, graph,
+            ))));
         }
     }
-    Err(api.status_error(&Method::POST, "/prompt", status, &text))
+    let err = api.status_error(&Method::POST, "/prompt", status, &text);
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        return Err(Submit::Retry(
+            err,
+            Some(retry_after.unwrap_or(Duration::from_secs(1))),
+        ));
+    }
+    Err(Submit::Final(err))
 }
 
 /// "the server refused the workflow: ..." with one line per node error.
@@ -320,7 +379,7 @@ impl Follower<'_> {
                     Some(Ok(Message::Text(t))) => {
                         let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
                         if let Some(done) = self.on_message(&v, display, &mut outputs) {
-                            return Ok(self.final_entry(done, &outputs).await);
+                            return self.final_entry(done, &outputs).await;
                         }
                     }
                     Some(Ok(_)) => {}
@@ -402,14 +461,24 @@ impl Follower<'_> {
 
     /// The history entry after a terminal message (written before it was published), or one
     /// built from the events if it cannot be read.
-    async fn final_entry(&self, terminal: Value, outputs: &Map<String, Value>) -> Value {
+    async fn final_entry(
+        &self,
+        terminal: Value,
+        outputs: &Map<String, Value>,
+    ) -> Result<Value, ClientError> {
         for _ in 0..20 {
             if let Ok(Some(e)) = self.history().await {
-                return e;
+                return Ok(e);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let t = terminal.get("type").and_then(Value::as_str).unwrap_or("");
+        if t == "executing" {
+            // The end marker alone says nothing about the outcome: ask the jobs API.
+            if let Err(e @ ClientError::Interrupted(_)) = self.poll().await {
+                return Err(e);
+            }
+        }
         let data = terminal.get("data").cloned().unwrap_or(Value::Null);
         let (status_str, messages) = if t == "executing" {
             (
@@ -426,10 +495,10 @@ impl Follower<'_> {
                 json!([[t, data]]),
             )
         };
-        json!({
+        Ok(json!({
             "outputs": Value::Object(outputs.clone()),
             "status": {"status_str": status_str, "completed": status_str == "success", "messages": messages},
-        })
+        }))
     }
 
     /// `GET /history/{id}` → the entry once it exists.
