@@ -949,3 +949,66 @@ async fn a_busy_server_and_a_lost_submit_answer_are_retried_without_a_second_job
         0
     );
 }
+
+/// Runs an admin command of the binary against the stack's Redis; returns its stdout.
+fn admin(stack: &Stack, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_comfy-broker"))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env("COMFY_BROKER__REDIS__URL", &stack.redis.url)
+        .env("COMFY_BROKER__REDIS__KEY_PREFIX", &stack.redis.prefix)
+        .env("COMFY_BROKER__AUTH__SECRET", common::SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn an_api_token_from_token_create_runs_workflows() {
+    let stack = Stack::start(1, 1).await;
+    admin(
+        &stack,
+        &[
+            "user",
+            "add",
+            "hank",
+            "--role",
+            "user",
+            "--password",
+            "hunter2-long",
+        ],
+    );
+    let token = admin(
+        &stack,
+        &["token", "create", "--user", "hank", "--name", "cli"],
+    );
+    let token = token.trim();
+    assert!(
+        !token.is_empty() && !token.contains('.'),
+        "an opaque API token"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wf = write_workflow(dir.path(), &basic_prompt(24, 24));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(token));
+    cmd.arg("run").arg(&wf).arg("--out").arg(dir.path());
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains(token) && !r.stderr.contains(token));
+    let mut cmd = client(dir.path(), &stack.gateways[0], Some(token));
+    cmd.arg("history");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().count(),
+        2,
+        "header + one job: {}",
+        r.stdout
+    );
+}
