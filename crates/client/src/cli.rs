@@ -182,8 +182,9 @@ async fn dispatch(cmd: ClientCommand) -> Result<i32, ClientError> {
         ClientCommand::Logout => logout().await,
         ClientCommand::Run(a) => {
             let api = connect(&a.conn)?;
-            let human =
-                !a.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+            // JSON lines unless stdout is a terminal; the bar goes to stderr (and is hidden
+            // when stderr is not a terminal).
+            let human = !a.json && std::io::stdout().is_terminal();
             let opts = RunOptions {
                 workflow: a.workflow,
                 set: a.set,
