@@ -26,6 +26,8 @@ const POLL_UP: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Timeout of the requests sent on Ctrl-C.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long Ctrl-C waits to tell how the job ended.
+const CANCEL_CONFIRM: Duration = Duration::from_secs(3);
 
 /// Options of one run.
 #[derive(Debug, Clone)]
@@ -562,9 +564,38 @@ async fn on_ctrl_c(api: &Api, id: &str, submitted: bool) -> ClientError {
         let _ = send("/interrupt".into(), json!({"prompt_id": id})).await;
         let _ = send("/queue".into(), json!({"delete": [id]})).await;
     }
-    ClientError::Interrupted(format!(
-        "interrupted: asked the server to stop job {id} (see `comfy-broker history {id}`)"
-    ))
+    // Say how it ended if that is known within a moment (a second Ctrl-C stops waiting).
+    let outcome = async {
+        let deadline = Instant::now() + CANCEL_CONFIRM;
+        while Instant::now() < deadline {
+            if let Ok(v) = api.get_json(&format!("/history/{id}")).await {
+                if let Some(entry) = v.get(id) {
+                    let graph = entry
+                        .pointer("/prompt/2")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default();
+                    return Some(check_outcome(entry, &graph, id));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    };
+    let outcome = tokio::select! {
+        o = outcome => o,
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    ClientError::Interrupted(match outcome {
+        Some(Err(ClientError::Interrupted(m))) => format!("interrupted: {m}"),
+        Some(Ok(())) => format!(
+            "interrupted, but job {id} finished before the interrupt took effect; its outputs were not downloaded (`comfy-broker history {id} --out DIR` does)"
+        ),
+        Some(Err(e)) => format!("interrupted; job {id} ended with: {e}"),
+        None => format!(
+            "interrupted: asked the server to stop job {id} (see `comfy-broker history {id}`)"
+        ),
+    })
 }
 
 /// Success, or the error the entry records (exit 1 for a node failure, 3 for an interrupt).
