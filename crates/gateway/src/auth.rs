@@ -313,6 +313,37 @@ pub(crate) async fn authenticate_parts(
     }
 }
 
+/// True when a browser-sent request may use the cookie: not `Sec-Fetch-Site: cross-site`, and
+/// its `Origin` (if any) is listed in `allowed_origins` or is the request's own host. A cookie
+/// is the one carrier a browser attaches by itself, so this is the CSRF guard.
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"));
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return !cross_site;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    if cross_site {
+        return false;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(origin);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
 /// Middleware: refuse unauthenticated requests, attach `Identity` and [`AuthInfo`].
 pub(crate) async fn require_auth(
     State(state): State<Arc<AppState>>,
@@ -321,6 +352,15 @@ pub(crate) async fn require_auth(
 ) -> Response {
     let uri = req.uri().clone();
     match authenticate_parts(&state, uri.path(), req.headers(), uri.query()).await {
+        Ok((_, Carrier::Cookie))
+            if !origin_allowed(req.headers(), &state.config.allowed_origins) =>
+        {
+            ApiError::ForbiddenOther(
+                "forbidden_origin",
+                "this Origin may not use the session cookie; send the token as Authorization: Bearer".into(),
+            )
+            .into_response()
+        }
         Ok((identity, carrier)) => {
             req.extensions_mut().insert(identity);
             req.extensions_mut().insert(AuthInfo { carrier });
@@ -359,5 +399,28 @@ mod tests {
         h.insert("sec-fetch-mode", HeaderValue::from_static("navigate"));
         assert!(wants_login_page("/queue", &h));
         assert!(!wants_login_page("/queue", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn cookie_origins() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&h, &[]));
+        h.insert(header::HOST, HeaderValue::from_static("gw.example:8190"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://gw.example:8190"),
+        );
+        assert!(origin_allowed(&h, &[]));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["https://evil.example".into()]));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!origin_allowed(&h, &[]));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(origin_allowed(&h, &[]));
     }
 }

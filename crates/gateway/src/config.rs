@@ -33,8 +33,9 @@ pub struct GatewayConfig {
     /// How often the pool's node catalogue, models and system stats are re-read from Redis.
     #[serde(with = "humantime_serde")]
     pub catalog_refresh: Duration,
-    /// Origins allowed to open `/ws` with only the `jwt_token` cookie (besides the request's own
-    /// host). Token carriers a browser does not send by itself (Bearer, query) are not checked.
+    /// Origins allowed to use the `jwt_token` cookie (REST and `/ws`) besides the request's own
+    /// host; `*` allows any. Token carriers a browser does not attach by itself (Bearer, query)
+    /// are not checked.
     pub allowed_origins: Vec<String>,
     /// Where browsers without a valid token are redirected.
     pub login_path: String,
@@ -45,7 +46,9 @@ pub struct GatewayConfig {
     /// `Retry-After` seconds sent with 503 and 429 answers.
     pub retry_after_secs: u64,
     /// How long an authentication answer (API token look-up, session revocation, disabled
-    /// user, current role) is reused: revocation takes effect within this time.
+    /// user, current role) is reused: revocation takes effect within this time. Open `/ws`
+    /// sockets have their token checked again this often (at least every 100 ms); a revoked
+    /// token or a disabled user closes them with 1008.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
     /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
@@ -100,5 +103,32 @@ impl GatewayConfig {
             return Err("gateway.login_path must start with '/'".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_humantime_and_rejects_unknown_keys() {
+        let c: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "listen": "0.0.0.0:9000",
+            "ws_ping_interval": "15s",
+            "catalog_refresh": "500ms",
+            "pools": ["gpu"]
+        }))
+        .unwrap();
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(15));
+        assert_eq!(c.catalog_refresh, Duration::from_millis(500));
+        assert_eq!(c.primary_pool(), "gpu");
+        assert_eq!(c.max_request_bytes, 100 * 1024 * 1024);
+        assert!(c.validate().is_ok());
+        assert!(serde_json::from_value::<GatewayConfig>(serde_json::json!({"bogus": 1})).is_err());
+        let bad = GatewayConfig {
+            pools: vec![],
+            ..GatewayConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

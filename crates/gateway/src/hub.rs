@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use auth::Identity;
+use auth::{Carrier, Identity};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use protocol::envelope::{Envelope, Payload, Target};
 use store::{Store, Subscriptions};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, Authenticator};
 
 /// Close code: going away (server draining).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -51,12 +53,17 @@ pub struct HubConfig {
     pub redis_timeout: Duration,
     /// Reply to a client's `feature_flags` (same map as `/features`).
     pub features: Bytes,
+    /// How often every open socket's token is checked again (revoked → close 1008).
+    pub auth_recheck: Duration,
 }
 
 /// One open socket, as the dispatcher sees it.
 struct Sock {
     id: u64,
     client_id: String,
+    /// The token the socket was opened with, checked again every `auth_recheck`.
+    token: Box<str>,
+    carrier: Carrier,
     supports_metadata: AtomicBool,
     tx: mpsc::Sender<Message>,
     close_code: AtomicU16,
@@ -132,8 +139,13 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    /// Starts the hub's background tasks (they stop when the hub is dropped).
-    pub fn start(store: Store, config: HubConfig) -> Arc<Hub> {
+    /// Starts the hub's background tasks (they stop when the hub is dropped). With an
+    /// authenticator, open sockets whose token stops being valid are closed with 1008.
+    pub fn start(
+        store: Store,
+        config: HubConfig,
+        authenticator: Option<Arc<dyn Authenticator>>,
+    ) -> Arc<Hub> {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             store,
@@ -148,6 +160,9 @@ impl Hub {
         });
         tokio::spawn(control(Arc::downgrade(&hub), rx, hub.stop.clone()));
         tokio::spawn(pinger(Arc::downgrade(&hub), hub.stop.clone()));
+        if let Some(a) = authenticator {
+            tokio::spawn(rechecker(Arc::downgrade(&hub), a, hub.stop.clone()));
+        }
         hub
     }
 
@@ -303,12 +318,15 @@ impl Hub {
         mut ws: WebSocket,
         identity: Identity,
         client_id: String,
+        token: (String, Carrier),
     ) {
         let uid = identity.user_id;
         let (tx, mut rx) = mpsc::channel(self.config.send_queue);
         let sock = Arc::new(Sock {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client_id: client_id.clone(),
+            token: token.0.into_boxed_str(),
+            carrier: token.1,
             supports_metadata: AtomicBool::new(false),
             tx,
             close_code: AtomicU16::new(0),
@@ -566,6 +584,42 @@ async fn dispatcher(
             None => {
                 let _ = h.cmd.send(Cmd::Lost(generation));
                 return;
+            }
+        }
+    }
+}
+
+/// Closes sockets whose token was revoked (or whose user was disabled) since they opened.
+/// Expiry alone does not close an open socket.
+async fn rechecker(hub: Weak<Hub>, auth: Arc<dyn Authenticator>, stop: CancellationToken) {
+    let every = match hub.upgrade() {
+        Some(h) => h.config.auth_recheck,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let socks: Vec<(String, Arc<Sock>)> = match hub.upgrade() {
+            Some(h) => h
+                .read_users()
+                .iter()
+                .flat_map(|(u, v)| v.iter().map(move |s| (u.clone(), s.clone())))
+                .collect(),
+            None => return,
+        };
+        for (uid, sock) in socks {
+            match auth.authenticate(&sock.token, sock.carrier).await {
+                Ok(identity) if identity.user_id == uid => {}
+                Err(AuthError::Expired | AuthError::Unavailable) => {}
+                _ => {
+                    tracing::info!("closing a socket whose token is no longer valid (1008)");
+                    sock.close(CLOSE_POLICY);
+                }
             }
         }
     }

@@ -11,6 +11,8 @@
 //! gw.serve(listener, shutdown_signal()).await?;
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod auth;
 mod body;
 mod config;
@@ -29,6 +31,7 @@ mod ws;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::auth::{
     AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
@@ -93,7 +96,9 @@ impl Gateway {
                 close_timeout: config.ws_close_timeout,
                 redis_timeout: config.redis_timeout,
                 features: features.clone(),
+                auth_recheck: config.auth_cache_ttl.max(Duration::from_millis(100)),
             },
+            Some(authenticator.clone()),
         );
         let state = Arc::new(AppState {
             config,

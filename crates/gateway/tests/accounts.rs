@@ -143,3 +143,43 @@ async fn the_accounts_role_wins_over_the_token_claim() {
         .await;
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test]
+async fn open_sockets_of_a_revoked_session_are_closed_with_1008() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // quick(): tokens of open sockets are re-checked every 100 ms.
+    let env = Env::start_with(quick(), true).await;
+    let fay = user(&env, "fay", "user").await;
+    let (jwt, claims) = env
+        .keys
+        .mint(&fay.id, "fay", Role::User, Duration::from_secs(600))
+        .unwrap();
+    env.store
+        .create_session(&SessionInfo {
+            jti: claims.jti.clone(),
+            user_id: fay.id.clone(),
+            created_ms: now_ms(),
+            last_used_ms: None,
+            expires_ms: now_ms() + 600_000,
+            revoked: false,
+        })
+        .await
+        .unwrap();
+    let (mut ws, _) = env.ws(&jwt, Some("c")).await;
+    let (mut other, _) = env.ws(&env.token("someone-else"), Some("c")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.store.revoke_session(&claims.jti, None).await.unwrap();
+    let mut code = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Ok(Message::Close(Some(f))) = frame {
+            code = Some(f.code);
+            break;
+        }
+    }
+    assert_eq!(code, Some(CloseCode::Policy));
+    // Other users' sockets stay open.
+    assert!(common::silent(&mut other, Duration::from_millis(300)).await);
+}

@@ -736,3 +736,57 @@ async fn large_bodies_over_the_limit_get_a_readable_413() {
     assert_eq!(r.status(), 413);
     nothing_queued(&env, "u1").await;
 }
+
+#[tokio::test]
+async fn cookie_requests_from_foreign_sites_are_refused() {
+    let env = Env::start().await;
+    let t = env.token("u1");
+    let body = json!({"prompt": basic_prompt()}).to_string();
+    let send = |headers: Vec<(&'static str, String)>| {
+        let mut req = env.http.post(env.url("/prompt")).body(body.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let cookie = format!("jwt_token={t}");
+    let r = send(vec![
+        ("cookie", cookie.clone()),
+        ("origin", "https://evil.example".into()),
+    ])
+    .await
+    .unwrap();
+    let (s, b) = error_type(r).await;
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (403, Some("forbidden_origin"))
+    );
+    let r = send(vec![
+        ("cookie", cookie.clone()),
+        ("sec-fetch-site", "cross-site".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    nothing_queued(&env, "u1").await;
+    // Same-origin browsers and headless clients with a cookie are fine, and Bearer is never
+    // origin-checked.
+    let host = env.base.trim_start_matches("http://").to_owned();
+    let r = send(vec![
+        ("cookie", cookie.clone()),
+        ("origin", format!("http://{host}")),
+        ("sec-fetch-site", "same-origin".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send(vec![("cookie", cookie)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = send(vec![
+        ("authorization", format!("Bearer {t}")),
+        ("origin", "https://evil.example".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+}

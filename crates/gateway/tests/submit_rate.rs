@@ -12,38 +12,25 @@ use std::time::{Duration, Instant};
 use common::{basic_prompt, Env};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn submit_rate() {
-    let env = Env::start().await;
-    let token = env.token("bench");
-    let body = bytes::Bytes::from(json!({"prompt": basic_prompt(), "client_id": "c"}).to_string());
-    let url = env.url("/prompt");
-    let secs: u64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+async fn rate(url: &str, token: Option<&str>, body: Option<bytes::Bytes>, secs: u64) -> (u64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..64 {
-        let (client, url, token, body) = (
-            reqwest::Client::new(),
-            url.clone(),
-            token.clone(),
-            body.clone(),
-        );
+        let client = reqwest::Client::new();
+        let (url, token, body) = (url.to_owned(), token.map(str::to_owned), body.clone());
         let (done, failed) = (done.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .body(body.clone())
-                    .send()
-                    .await;
-                match r {
+                let mut req = match &body {
+                    Some(b) => client.post(&url).body(b.clone()),
+                    None => client.get(&url),
+                };
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                match req.send().await {
                     Ok(r) if r.status() == 200 => {
                         let _ = r.bytes().await;
                         done.fetch_add(1, Ordering::Relaxed);
@@ -58,11 +45,28 @@ async fn submit_rate() {
     for t in tasks {
         let _ = t.await;
     }
-    let n = done.load(Ordering::Relaxed);
+    (
+        done.load(Ordering::Relaxed) / secs,
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn submit_rate() {
+    let env = Env::start().await;
+    let token = env.token("bench");
+    let body = bytes::Bytes::from(json!({"prompt": basic_prompt(), "client_id": "c"}).to_string());
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (healthz, _) = rate(&env.url("/healthz"), None, None, secs).await;
+    let (features, _) = rate(&env.url("/features"), Some(&token), None, secs).await;
+    let (submits, failed) = rate(&env.url("/prompt"), Some(&token), Some(body), secs).await;
     println!(
-        "{n} submits in {secs}s = {}/s ({} failed)",
-        n / secs,
-        failed.load(Ordering::Relaxed)
+        "per second: /healthz {healthz}, /features (auth) {features}, POST /prompt {submits} ({failed} failed, {}% of /healthz)",
+        submits * 100 / healthz.max(1)
     );
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert_eq!(failed, 0);
 }
