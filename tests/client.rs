@@ -1012,3 +1012,83 @@ async fn an_api_token_from_token_create_runs_workflows() {
         r.stdout
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+#[ignore = "needs POST /mss-login/generate_token and DELETE /mss-login/api/tokens on the gateway"]
+async fn login_run_logout_against_the_broker() {
+    use std::os::unix::fs::PermissionsExt;
+    let stack = Stack::start(1, 1).await;
+    admin(
+        &stack,
+        &[
+            "user",
+            "add",
+            "ivy",
+            "--role",
+            "user",
+            "--password",
+            "correct horse battery",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = stack.gateways[0].clone();
+    let mut cmd = client(dir.path(), &gw, None);
+    cmd.env_remove("COMFY_BROKER_URL")
+        .args([
+            "login",
+            "--url",
+            &gw,
+            "--username",
+            "ivy",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"correct horse battery\n").await.unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let creds = dir.path().join("comfy-broker").join("credentials.json");
+    let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    let token = stored["token"].as_str().unwrap().to_owned();
+    assert!(!stderr.contains(&token) && !String::from_utf8_lossy(&o.stdout).contains(&token));
+
+    // The stored login runs a workflow.
+    let wf = write_workflow(dir.path(), &basic_prompt(16, 16));
+    let mut cmd = client(dir.path(), &gw, None);
+    cmd.env_remove("COMFY_BROKER_URL")
+        .arg("run")
+        .arg(&wf)
+        .arg("--out")
+        .arg(dir.path());
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    // Logout revokes it on the server.
+    let mut cmd = client(dir.path(), &gw, None);
+    cmd.env_remove("COMFY_BROKER_URL").arg("logout");
+    let r = output(cmd).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("token revoked"), "{}", r.stderr);
+    assert!(!creds.exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = client(dir.path(), &gw, Some(&token));
+        cmd.arg("queue");
+        let r = output(cmd).await;
+        if r.code == 2 {
+            assert!(r.stderr.contains("authentication failed"), "{}", r.stderr);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token still works after logout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
