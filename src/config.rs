@@ -23,8 +23,20 @@ pub struct Config {
     pub worker: worker::WorkerConfig,
     /// Where outputs and uploads live (`[files]`).
     pub files: FilesConfig,
+    /// Accounts (`[accounts]`).
+    pub accounts: AccountsConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+}
+
+/// Accounts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Name of the owner created on first start, when Redis has no user yet.
+    pub bootstrap_owner: Option<String>,
+    /// That owner's password (give it through `COMFY_BROKER__ACCOUNTS__BOOTSTRAP_PASSWORD`).
+    pub bootstrap_password: Option<String>,
 }
 
 /// The file store.
@@ -128,6 +140,9 @@ impl Config {
         let mut c = self.clone();
         if !c.auth.secret.is_empty() {
             c.auth.secret = "<redacted>".into();
+        }
+        if c.accounts.bootstrap_password.is_some() {
+            c.accounts.bootstrap_password = Some("<redacted>".into());
         }
         if let Ok(mut url) = url::Url::parse(&c.redis.url) {
             if url.password().is_some() {

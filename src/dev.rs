@@ -72,6 +72,42 @@ fn dev_secret(dir: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
+/// The `dev` owner in the accounts store (created on first use, with a password kept in the
+/// data dir); returns its id and password.
+async fn dev_owner(store: &store::Store, dir: &Path) -> anyhow::Result<(String, String)> {
+    let path = dir.join("dev_password");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+        _ => {
+            let p = format!("dev-{}!1", uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, &p)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            p
+        }
+    };
+    if let Some(u) = store.user(DEV_USER).await? {
+        return Ok((u.id, password));
+    }
+    let created = store
+        .create_user(&store::NewUser {
+            username: DEV_USER.to_owned(),
+            password_hash: auth::hash_password(&password)?,
+            role: auth::Role::Owner.as_str().to_owned(),
+        })
+        .await?;
+    match created {
+        store::CreateUser::Created(u) => Ok((u.id, password)),
+        store::CreateUser::Exists => {
+            let u = store.user(DEV_USER).await?.context("dev user vanished")?;
+            Ok((u.id, password))
+        }
+    }
+}
+
 async fn redis_answers(url: &str) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
@@ -186,8 +222,9 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     ));
 
     let jwt = auth::JwtKeys::new(config.auth.clone())?;
+    let (owner_id, password) = dev_owner(&store, &data_dir).await?;
     let (token, _) = jwt.mint(
-        &user_id_for(DEV_USER),
+        &owner_id,
         DEV_USER,
         auth::Role::Owner,
         Duration::from_secs(30 * 24 * 3600),
@@ -201,6 +238,7 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
 
     println!("ready: http://{addr}");
     println!("token: {token}");
+    println!("login: {DEV_USER} / {password}  (POST /login or /mss-login/generate_token)");
     println!("backends: {}", backend_urls.join(", "));
     println!("try:");
     println!(

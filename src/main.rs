@@ -132,6 +132,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             let store = connect(&config).await?;
             let files = files::FileStore::local(&config.files.dir)?;
             let jwt = auth::JwtKeys::new(config.auth.clone())?;
+            bootstrap(&store, &config).await?;
             let listener = tokio::net::TcpListener::bind(config.gateway.listen)
                 .await
                 .with_context(|| format!("binding {}", config.gateway.listen))?;
@@ -194,13 +195,44 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 },
         } => {
             config.validate_auth()?;
-            let role = auth::Role::parse(&role).context("unknown role")?;
+            let mut role = auth::Role::parse(&role).context("unknown role")?;
             let keys = auth::JwtKeys::new(config.auth.clone())?;
-            let id = id.unwrap_or_else(|| dev::user_id_for(&user));
+            // A user of the accounts store gets their own id and current role.
+            let account = match connect(&config).await {
+                Ok(store) => store.user(&user).await.ok().flatten(),
+                Err(_) => None,
+            };
+            let id = match (&account, id) {
+                (Some(a), _) => {
+                    role = auth::Role::parse(&a.role).unwrap_or(role);
+                    a.id.clone()
+                }
+                (None, Some(id)) => id,
+                (None, None) => dev::user_id_for(&user),
+            };
             let (token, _) = keys.mint(&id, &user, role, ttl)?;
             println!("{token}");
             Ok(())
         }
+    }
+}
+
+/// Creates the configured bootstrap owner when Redis has no user yet.
+async fn bootstrap(store: &store::Store, config: &Config) -> anyhow::Result<()> {
+    match (
+        &config.accounts.bootstrap_owner,
+        &config.accounts.bootstrap_password,
+    ) {
+        (Some(name), Some(password)) => {
+            if gateway::bootstrap_owner(store, name, password).await? {
+                tracing::info!(owner = %name, "bootstrap owner created");
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+        _ => anyhow::bail!(
+            "set both accounts.bootstrap_owner and accounts.bootstrap_password, or neither"
+        ),
     }
 }
 

@@ -227,7 +227,16 @@ async fn redis_restarting_under_load_loses_and_repeats_nothing() {
         gateways: 1,
         backends: 2,
         own_redis_with_aof: true,
-        worker_env: fast_worker_env(),
+        // Leases outlive the outage: a Redis outage longer than `worker.lease_timeout` may run
+        // a job twice (never lose it); this test checks the shorter-outage promise.
+        worker_env: fast_worker_env()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("LEASE_TIMEOUT"))
+            .chain([(
+                "COMFY_BROKER__WORKER__LEASE_TIMEOUT".to_string(),
+                "10s".to_string(),
+            )])
+            .collect(),
         ..StackOptions::default()
     })
     .await;

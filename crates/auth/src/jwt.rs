@@ -176,6 +176,17 @@ impl JwtKeys {
         Ok(claims)
     }
 
+    /// The claims of a token with a valid signature, issuer and audience, even when it has
+    /// expired: logout revokes expired sessions too.
+    pub fn claims_ignoring_expiry(&self, token: &str) -> Result<Claims, JwtError> {
+        let mut v = self.validation.clone();
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        decode::<Claims>(token, &self.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|_| JwtError::Invalid("malformed token"))
+    }
+
     /// Verifies a token and turns it into an identity (role from the claim; the accounts
     /// store may override it with the current role).
     pub fn identity(&self, token: &str) -> Result<Identity, JwtError> {
@@ -261,6 +272,23 @@ mod tests {
         .unwrap();
         assert!(other.verify(&good).is_err());
         assert!(k.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn expired_tokens_can_still_be_read_for_revocation() {
+        let k = keys();
+        let (_, mut c) = k
+            .mint("u1", "alice", Role::User, Duration::from_secs(60))
+            .unwrap();
+        c.exp = now_secs() - 3600;
+        let old = k.sign(&c).unwrap();
+        assert_eq!(k.claims_ignoring_expiry(&old).unwrap().jti, c.jti);
+        let other = JwtKeys::new(JwtConfig {
+            secret: "another-secret-another-secret-xx".into(),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        assert!(other.claims_ignoring_expiry(&old).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub use carrier::{find_token, is_jwt_shaped, Carrier};
 pub use jwt::{Claims, JwtConfig, JwtError, JwtKeys};
 pub use password::{
     check_new_password, check_username, hash_password, verify_password, PasswordError,
+    MAX_PASSWORD_LEN,
 };
 pub use roles::{Permission, Role};
 

@@ -158,27 +158,41 @@ impl AccountsAuthenticator {
 
     async fn account_checks(&self, mut identity: Identity) -> Result<Identity, AuthError> {
         let unavailable = |_| AuthError::Unavailable;
+        let mut had_session = false;
         if let Some(jti) = &identity.session_id {
             if let Some(session) = self.store.session(jti).await.map_err(unavailable)? {
                 if session.revoked || session.user_id != identity.user_id {
                     return Err(AuthError::Revoked);
                 }
+                had_session = true;
             }
         }
-        if let Some(user) = self
+        // Deleting or disabling a user ends all of their tokens and sessions. A JWT minted by
+        // an operator (`comfy-broker token jwt`) for an identity outside the accounts store has
+        // no session record and no user: it is trusted on its signature.
+        let Some(user) = self
             .store
             .user_by_id(&identity.user_id)
             .await
             .map_err(unavailable)?
-        {
-            if user.disabled {
+        else {
+            let deleted = self
+                .store
+                .user_was_deleted(&identity.user_id)
+                .await
+                .map_err(unavailable)?;
+            if deleted || had_session || identity.session_id.is_none() {
                 return Err(AuthError::Revoked);
             }
-            if let Some(role) = auth::Role::parse(&user.role) {
-                identity.role = role;
-            }
-            identity.username = user.username;
+            return Ok(identity);
+        };
+        if user.disabled {
+            return Err(AuthError::Revoked);
         }
+        if let Some(role) = auth::Role::parse(&user.role) {
+            identity.role = role;
+        }
+        identity.username = user.username;
         Ok(identity)
     }
 

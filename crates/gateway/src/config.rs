@@ -51,6 +51,17 @@ pub struct GatewayConfig {
     /// token or a disabled user closes them with 1008.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
+    /// Failed logins allowed per user name within `login_failure_window` before `/login` and
+    /// `/mss-login/generate_token` answer 429 for that name.
+    pub login_max_failures: u64,
+    /// Failed logins allowed per client address within `login_failure_window`.
+    pub login_max_failures_per_address: u64,
+    /// Window of the failed-login counters.
+    #[serde(with = "humantime_serde")]
+    pub login_failure_window: Duration,
+    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy that
+    /// sets it); otherwise the TCP peer address is used.
+    pub trust_forwarded_for: bool,
     /// On shutdown, how long `/readyz` fails before sockets are closed and the listener stops
     /// (time for load balancers to notice).
     #[serde(with = "humantime_serde")]
@@ -73,7 +84,11 @@ impl Default for GatewayConfig {
             login_path: "/login".into(),
             redis_timeout: Duration::from_secs(5),
             retry_after_secs: 2,
-            auth_cache_ttl: Duration::from_secs(5),
+            auth_cache_ttl: Duration::from_secs(2),
+            login_max_failures: 10,
+            login_max_failures_per_address: 30,
+            login_failure_window: Duration::from_secs(15 * 60),
+            trust_forwarded_for: false,
             drain_delay: Duration::from_secs(0),
         }
     }
@@ -98,6 +113,12 @@ impl GatewayConfig {
         }
         if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
             return Err("gateway intervals must be positive".into());
+        }
+        if self.login_max_failures == 0 || self.login_max_failures_per_address == 0 {
+            return Err("gateway login failure limits must be at least 1".into());
+        }
+        if self.login_failure_window.is_zero() {
+            return Err("gateway.login_failure_window must be positive".into());
         }
         if !self.login_path.starts_with('/') {
             return Err("gateway.login_path must start with '/'".into());

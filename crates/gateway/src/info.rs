@@ -92,3 +92,11 @@ pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Result<Response, 
         Err(_) => Err(ApiError::Unavailable("redis unavailable".into())),
     }
 }
+
+/// `GET /login`: no HTML here (headless clients only); say how to log in.
+pub(crate) async fn login_hint() -> Response {
+    json_response(
+        StatusCode::OK,
+        r#"{"message": "POST {\"username\", \"password\"} as JSON or a form to /login; the answer carries jwt_token"}"#,
+    )
+}

@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+mod accounts;
 pub mod auth;
 mod body;
 mod config;
@@ -36,6 +37,7 @@ use std::time::Duration;
 pub use crate::auth::{
     AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
 };
+pub use accounts::{bootstrap_owner, BootstrapError};
 pub use config::GatewayConfig;
 pub use error::{ApiError, GatewayError};
 pub use hub::{Hub, HubConfig, HubStats};
@@ -64,14 +66,15 @@ impl Gateway {
         jwt: ::auth::JwtKeys,
         config: GatewayConfig,
     ) -> Result<Gateway, GatewayError> {
-        let auth = AccountsAuthenticator::new(jwt, store.clone(), config.auth_cache_ttl);
-        Self::with_authenticator(store, files, Arc::new(auth), config).await
+        let auth = AccountsAuthenticator::new(jwt.clone(), store.clone(), config.auth_cache_ttl);
+        Self::with_authenticator(store, files, jwt, Arc::new(auth), config).await
     }
 
     /// A gateway with any [`Authenticator`] (API tokens, revocation, user look-ups ...).
     pub async fn with_authenticator(
         store: store::Store,
         files: files::FileStore,
+        jwt: ::auth::JwtKeys,
         authenticator: Arc<dyn Authenticator>,
         config: GatewayConfig,
     ) -> Result<Gateway, GatewayError> {
@@ -105,6 +108,7 @@ impl Gateway {
             store,
             files,
             auth: authenticator,
+            jwt,
             pool_view,
             hub,
             draining: Default::default(),
@@ -151,9 +155,12 @@ impl Gateway {
             }
             state.hub.close_all(hub::CLOSE_GOING_AWAY);
         };
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(drain)
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain)
+        .await;
         drop(self);
         result
     }

@@ -44,12 +44,17 @@ fn join(items: &[String]) -> String {
     s
 }
 
-/// `GET /queue`: the caller's running and pending items (stored 5-arrays, raw).
+/// `GET /queue`: the caller's running and pending items (stored 5-arrays, raw); everyone's for
+/// `can_view_all`.
 pub(crate) async fn get_queue(
     State(st): State<Arc<AppState>>,
     Extension(id): Extension<Identity>,
 ) -> Result<Response, ApiError> {
-    let q = st.redis(st.store.queue(st.pool(), &id.user_id)).await?;
+    let q = if id.can(auth::Permission::CanViewAll) {
+        st.redis(st.store.queue_all(st.pool())).await?
+    } else {
+        st.redis(st.store.queue(st.pool(), &id.user_id)).await?
+    };
     Ok(json_response(
         StatusCode::OK,
         format!(
@@ -144,7 +149,8 @@ fn int_param(pairs: &[(String, String)], key: &str) -> Result<Option<i64>, ApiEr
     }
 }
 
-/// `GET /history?max_items=&offset=`: the caller's finished jobs, oldest first.
+/// `GET /history?max_items=&offset=`: the caller's finished jobs, oldest first (everyone's for
+/// `can_view_all`).
 pub(crate) async fn get_history(
     State(st): State<Arc<AppState>>,
     Extension(id): Extension<Identity>,
@@ -155,9 +161,12 @@ pub(crate) async fn get_history(
         max_items: int_param(&pairs, "max_items")?,
         offset: int_param(&pairs, "offset")?,
     };
-    let entries = st
-        .redis(st.store.history(st.pool(), &id.user_id, window))
-        .await?;
+    let entries = if id.can(auth::Permission::CanViewAll) {
+        st.redis(st.store.history_all(st.pool(), window)).await?
+    } else {
+        st.redis(st.store.history(st.pool(), &id.user_id, window))
+            .await?
+    };
     let mut s = String::with_capacity(entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
     s.push('{');
     for (i, (pid, entry)) in entries.iter().enumerate() {

@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::require_auth;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{info, jobs, prompt, queue, view, ws};
+use crate::{accounts, info, jobs, prompt, queue, view, ws};
 
 /// Adds `path` and `/api{path}`.
 fn both(
@@ -71,11 +71,53 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 post(jobs::cancel_job),
             );
     }
+    // MSS-Login: the caller's API tokens and sessions.
+    for prefix in ["", "/api"] {
+        authed = authed
+            .route(
+                &format!("{prefix}/mss-login/api/tokens"),
+                get(accounts::list_tokens).delete(accounts::delete_token),
+            )
+            .route(
+                &format!("{prefix}/mss-login/api/tokens/{{prefix}}"),
+                delete(accounts::delete_token_path),
+            )
+            .route(
+                &format!("{prefix}/mss-login/me/sessions"),
+                get(accounts::list_sessions),
+            )
+            .route(
+                &format!("{prefix}/mss-login/me/sessions/revoke"),
+                post(accounts::revoke_session),
+            );
+    }
     authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
 
-    let open: Router<Arc<AppState>> = Router::new()
+    let mut open: Router<Arc<AppState>> = Router::new()
         .route("/healthz", get(info::healthz))
-        .route("/readyz", get(info::readyz));
+        .route("/readyz", get(info::readyz))
+        // Sessions and API tokens are obtained without a token.
+        .route("/login", get(info::login_hint).post(accounts::login))
+        .route("/logout", get(accounts::logout).post(accounts::logout))
+        .route(
+            "/mss-login/generate_token",
+            get(accounts::generate_token_page).post(accounts::generate_token),
+        )
+        .route("/generate_token", post(accounts::generate_token));
+    // These check the caller themselves, answering as MSS-Login does (a guest `me`, 403
+    // `Admin only`); their `/api` twins answer 401 without a token.
+    for prefix in ["", "/api"] {
+        open = open
+            .route(&format!("{prefix}/mss-login/api/me"), get(accounts::me))
+            .route(
+                &format!("{prefix}/mss-login/api/users"),
+                get(accounts::list_users).post(accounts::create_user),
+            )
+            .route(
+                &format!("{prefix}/mss-login/api/users/{{name}}"),
+                put(accounts::update_user).delete(accounts::delete_user),
+            );
+    }
 
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

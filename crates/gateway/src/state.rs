@@ -23,6 +23,8 @@ pub struct AppState {
     pub files: files::FileStore,
     /// Token verification.
     pub auth: Arc<dyn Authenticator>,
+    /// Session JWT signing (login) and reading (logout).
+    pub jwt: auth::JwtKeys,
     /// The primary pool's catalogue and reports.
     pub pool_view: Arc<PoolViewCache>,
     /// The `/ws` hub.

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::queue::now_ms;
 use crate::{Store, StoreError};
 
+/// How long a deleted user's id is remembered (longer than any token lives).
+const DELETED_TOMBSTONE_SECS: u64 = 400 * 24 * 3600;
+
 /// A user as stored (the password hash never leaves the store except for verification).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -218,12 +221,25 @@ impl Store {
             .del(self.keys().user(username))
             .del(self.keys().user_id(&user.id))
             .zrem(self.keys().users(), username)
-            .del(self.keys().api_tokens(&user.id));
+            .del(self.keys().api_tokens(&user.id))
+            // Tokens minted outside the login flow carry no session record: the tombstone
+            // stops them too.
+            .set_ex(
+                self.keys().deleted_user(&user.id),
+                1,
+                DELETED_TOMBSTONE_SECS,
+            );
         for h in &hashes {
             pipe.del(self.keys().api_token(h));
         }
         let _: () = pipe.query_async(&mut conn).await?;
         Ok(true)
+    }
+
+    /// True when `user_id` belonged to a user that was deleted.
+    pub async fn user_was_deleted(&self, user_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        Ok(conn.exists(self.keys().deleted_user(user_id)).await?)
     }
 
     /// Number of users.

@@ -15,6 +15,7 @@
 //! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
 //! | `<p>:{<pool>}:dead` | stream | dead letters: jobs that ran out of attempts |
 //! | `<p>:{<pool>}:hist:<uid>` | zset | the user's finished prompt ids, scored by completion order |
+//! | `<p>:{<pool>}:hist` | zset | every user's finished jobs as `<uid>:<pid>`, by completion order (admin views) |
 //! | `<p>:{<pool>}:hseq` | string | completion-order counter |
 //! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
 //! | `<p>:{<pool>}:backends` | hash | backend id → JSON `BackendInfo` published by its worker |
@@ -32,6 +33,7 @@
 //! | `<p>:{accounts}:tokens:<uid>` | set | the user's API token hashes |
 //! | `<p>:{accounts}:session:<jti>` | hash | a session JWT: owner, created, last_used, expires, revoked |
 //! | `<p>:{accounts}:sessions:<uid>` | zset | the user's session ids by creation |
+//! | `<p>:{accounts}:deleted:<uid>` | string | tombstone of a deleted user (expires after the longest token lifetime) |
 //! | `<p>:{accounts}:loginfail:<subject>` | string | failed logins of a name or address (expires) |
 //!
 //! | channel | what |
@@ -113,6 +115,11 @@ impl Keys {
         format!("{}:hist:{}", self.pool_base(pool), uid)
     }
 
+    /// Every user's history, for admins (`can_view_all`).
+    pub fn history_all(&self, pool: &str) -> String {
+        format!("{}:hist", self.pool_base(pool))
+    }
+
     /// Completion-order counter.
     pub fn history_seq(&self, pool: &str) -> String {
         format!("{}:hseq", self.pool_base(pool))
@@ -192,6 +199,11 @@ impl Keys {
         self.account(format_args!("sessions:{uid}"))
     }
 
+    /// Tombstone of a deleted user id (its JWTs must stop working).
+    pub fn deleted_user(&self, uid: &str) -> String {
+        self.account(format_args!("deleted:{uid}"))
+    }
+
     /// Failed-login counter of a name or address.
     pub fn login_failures(&self, subject: &str) -> String {
         self.account(format_args!("loginfail:{subject}"))
@@ -216,6 +228,7 @@ mod tests {
             k.dead("gpu"),
             k.history("gpu", "u1"),
             k.history_seq("gpu"),
+            k.history_all("gpu"),
             k.idempotency("gpu", "u1", "k"),
             k.backends("gpu"),
             k.object_info("gpu", "abc"),

@@ -327,6 +327,7 @@ impl Store {
             .key(k.history_seq(pool))
             .key(k.pending(pool, uid))
             .key(k.dead(pool))
+            .key(k.history_all(pool))
             .arg(&lease.lease_id)
             .arg(finish.state.as_state().as_str())
             .arg(&finish.history_json)
@@ -584,6 +585,64 @@ impl Store {
         }
         let _: () = pipe.query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// Every user's running and pending items (admins). Pending items are grouped by user in
+    /// the order users would be served.
+    pub async fn queue_all(&self, pool: &str) -> Result<QueueView, StoreError> {
+        let k = self.keys();
+        let mut conn = self.conn();
+        let (runners, users): (Vec<String>, Vec<String>) = redis::pipe()
+            .zrange(k.runners(pool), 0, -1)
+            .zrange(k.ready(pool), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let mut view = QueueView::default();
+        let mut pipe = redis::pipe();
+        for r in &runners {
+            if let Some((uid, pid)) = r.split_once(':') {
+                pipe.hget(k.job(pool, uid, pid), "item");
+            }
+        }
+        let items: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        view.running = items.into_iter().flatten().collect();
+        for uid in users {
+            let ids: Vec<String> = conn.zrange(k.pending(pool, &uid), 0, -1).await?;
+            view.pending.extend(self.items(pool, &uid, &ids).await?);
+        }
+        Ok(view)
+    }
+
+    /// Every user's history entries in ComfyUI's window (admins), oldest first.
+    pub async fn history_all(
+        &self,
+        pool: &str,
+        window: HistoryWindow,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let k = self.keys();
+        let mut conn = self.conn();
+        let len: usize = conn.zcard(k.history_all(pool)).await?;
+        let (start, end) = window.range(len);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<String> = conn
+            .zrange(k.history_all(pool), start as isize, end as isize - 1)
+            .await?;
+        let mut pipe = redis::pipe();
+        let mut ids = Vec::new();
+        for r in &refs {
+            if let Some((uid, pid)) = r.split_once(':') {
+                pipe.hget(k.job(pool, uid, pid), "history");
+                ids.push(pid.to_owned());
+            }
+        }
+        let entries: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .into_iter()
+            .zip(entries)
+            .filter_map(|(id, e)| e.filter(|e| !e.is_empty()).map(|e| (id, e)))
+            .collect())
     }
 
     /// One job record of the user.

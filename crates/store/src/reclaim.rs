@@ -59,6 +59,7 @@ impl Store {
             .key(k.runners(pool))
             .key(k.dead(pool))
             .key(k.history_seq(pool))
+            .key(k.history_all(pool))
             .arg(k.pool_base(pool))
             .arg(LEASE_GROUP)
             .arg(consumer)

@@ -94,5 +94,7 @@ async fn users_tokens_and_sessions() {
     assert!(s.delete_user("alice").await.unwrap());
     assert!(s.user("alice").await.unwrap().is_none());
     assert!(s.user_by_id(&alice.id).await.unwrap().is_none());
+    assert!(s.user_was_deleted(&alice.id).await.unwrap());
+    assert!(!s.user_was_deleted("someone-else").await.unwrap());
     assert_eq!(s.user_count().await.unwrap(), 0);
 }

@@ -37,7 +37,6 @@ pub(crate) enum JobEnd {
 }
 
 /// Pauses between finish attempts when Redis fails.
-const FINISH_RETRIES: [u64; 3] = [50, 200, 1000];
 
 struct Run {
     lease: Arc<Lease>,
@@ -738,7 +737,11 @@ impl BackendRunner {
             terminal_message_json,
             dead_letter,
         };
-        for pause in FINISH_RETRIES {
+        // Keep trying through a Redis outage while the lease can still be ours: the result is
+        // already computed, and giving up would make another worker run the job again.
+        let give_up = Instant::now() + self.shared.config.lease_timeout;
+        let mut pause = Duration::from_millis(25);
+        loop {
             match self.shared.store.finish(&run.lease, &fin).await {
                 Ok(true) => {
                     tracing::info!(state = ?state, "job finished");
@@ -748,12 +751,16 @@ impl BackendRunner {
                     tracing::warn!("lease lost before the job could finish");
                     return;
                 }
-                Err(e) => {
+                Err(e) if Instant::now() + pause < give_up => {
                     tracing::warn!(error = %e, "finish failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record the end of the job; its lease will expire");
+                    return;
                 }
             }
         }
-        tracing::error!("could not record the end of the job; its lease will expire");
     }
 }

@@ -7,6 +7,7 @@
 -- KEYS[6] history seq   <p>:{pool}:hseq
 -- KEYS[7] pending zset  <p>:{pool}:pending:<uid>
 -- KEYS[8] dead letters  <p>:{pool}:dead
+-- KEYS[9] all history   <p>:{pool}:hist
 -- ARGV[1] lease id  ARGV[2] state (success|error|interrupted)  ARGV[3] history entry JSON
 -- ARGV[4] terminal message JSON ('' for none)  ARGV[5] now (ms)  ARGV[6] user's event channel
 -- ARGV[7] uid  ARGV[8] pid  ARGV[9] consumer group  ARGV[10] history cap  ARGV[11] pool base
@@ -18,7 +19,12 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ended', ARGV[5], 'history', ARGV[
 redis.call('HDEL', KEYS[1], 'secret')
 redis.call('SREM', KEYS[3], ARGV[8])
 redis.call('ZREM', KEYS[4], ARGV[7] .. ':' .. ARGV[8])
-redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[8])
+local seq = redis.call('INCR', KEYS[6])
+redis.call('ZADD', KEYS[5], seq, ARGV[8])
+redis.call('ZADD', KEYS[9], seq, ARGV[7] .. ':' .. ARGV[8])
+if redis.call('ZCARD', KEYS[9]) > tonumber(ARGV[10]) then
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, redis.call('ZCARD', KEYS[9]) - tonumber(ARGV[10]) - 1)
+end
 -- Retention: drop the oldest entries (and their job records) past the cap.
 local excess = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[10])
 if excess > 0 then

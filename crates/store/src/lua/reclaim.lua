@@ -6,6 +6,7 @@
 -- KEYS[3] runners zset      <p>:{pool}:runners
 -- KEYS[4] dead-letter stream <p>:{pool}:dead
 -- KEYS[5] history seq       <p>:{pool}:hseq
+-- KEYS[6] all history       <p>:{pool}:hist
 -- ARGV[1] pool base  ARGV[2] consumer group  ARGV[3] reclaiming consumer  ARGV[4] min idle (ms)
 -- ARGV[5] max attempts  ARGV[6] now (ms)  ARGV[7] event channel prefix  ARGV[8] wake channel
 -- ARGV[9] history cap  ARGV[10] how many leases to look at
@@ -58,7 +59,9 @@ for _, entry in ipairs(res[2]) do
         redis.call('HSET', job, 'state', 'error', 'ended', ARGV[6], 'history', history, 'lease', '', 'node', '')
         redis.call('HDEL', job, 'secret')
         local hist = base .. ':hist:' .. uid
-        redis.call('ZADD', hist, redis.call('INCR', KEYS[5]), pid)
+        local seq = redis.call('INCR', KEYS[5])
+        redis.call('ZADD', hist, seq, pid)
+        redis.call('ZADD', KEYS[6], seq, ref)
         local excess = redis.call('ZCARD', hist) - tonumber(ARGV[9])
         if excess > 0 then
           local old = redis.call('ZRANGE', hist, 0, excess - 1)
