@@ -1013,9 +1013,32 @@ async fn an_api_token_from_token_create_runs_workflows() {
     );
 }
 
+/// `comfy-broker login --url gw --username NAME --password-stdin` with `password` on stdin.
+async fn cli_login(config_dir: &Path, gw: &str, name: &str, password: &str) -> Out {
+    let mut cmd = client(config_dir, gw, None);
+    cmd.env_remove("COMFY_BROKER_URL")
+        .args(["login", "--url", gw, "--username", name, "--password-stdin"])
+        .stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let o = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 #[cfg(unix)]
 #[tokio::test]
-#[ignore = "needs POST /mss-login/generate_token and DELETE /mss-login/api/tokens on the gateway"]
 async fn login_run_logout_against_the_broker() {
     use std::os::unix::fs::PermissionsExt;
     let stack = Stack::start(1, 1).await;
@@ -1026,37 +1049,43 @@ async fn login_run_logout_against_the_broker() {
             "add",
             "ivy",
             "--role",
+            "power",
+            "--password",
+            "correct-horse-42",
+        ],
+    );
+    admin(
+        &stack,
+        &[
+            "user",
+            "add",
+            "jack",
+            "--role",
             "user",
             "--password",
-            "correct horse battery",
+            "correct-horse-43",
         ],
     );
     let dir = tempfile::tempdir().unwrap();
     let gw = stack.gateways[0].clone();
-    let mut cmd = client(dir.path(), &gw, None);
-    cmd.env_remove("COMFY_BROKER_URL")
-        .args([
-            "login",
-            "--url",
-            &gw,
-            "--username",
-            "ivy",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"correct horse battery\n").await.unwrap();
-    drop(stdin);
-    let o = child.wait_with_output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(0), "{stderr}");
     let creds = dir.path().join("comfy-broker").join("credentials.json");
+
+    // Wrong password, and a role without API tokens: exit 2, clear messages, nothing stored.
+    let r = cli_login(dir.path(), &gw, "ivy", "wrong-horse-42").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("login failed"), "{}", r.stderr);
+    let r = cli_login(dir.path(), &gw, "jack", "correct-horse-43").await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("permission"), "{}", r.stderr);
+    assert!(!creds.exists());
+
+    let r = cli_login(dir.path(), &gw, "ivy", "correct-horse-42").await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let stored: Value = serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
     let token = stored["token"].as_str().unwrap().to_owned();
-    assert!(!stderr.contains(&token) && !String::from_utf8_lossy(&o.stdout).contains(&token));
+    assert!(!r.stderr.contains(&token) && !r.stdout.contains(&token));
 
     // The stored login runs a workflow.
     let wf = write_workflow(dir.path(), &basic_prompt(16, 16));
