@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod logging;
 mod shutdown;
+mod workflows_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,9 +71,23 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
+    /// Workflows: yours over the API (ls, get, put, rm), or those in Redis (import, list).
+    Workflows {
+        #[command(subcommand)]
+        command: WorkflowsCommand,
+    },
     /// Client commands (login, run, queue ...): speak the public API, need no server config.
     #[command(flatten)]
     Client(client::cli::ClientCommand),
+}
+
+/// `workflows`: the Redis-side commands and the client's (over the API) side by side.
+#[derive(Debug, Subcommand)]
+enum WorkflowsCommand {
+    #[command(flatten)]
+    Store(workflows_cmd::WorkflowsCommand),
+    #[command(flatten)]
+    Api(client::cli::WorkflowsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +125,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Client(cmd) => std::process::exit(client::cli::main(cmd)),
+        Command::Workflows {
+            command: WorkflowsCommand::Api(cmd),
+        } => std::process::exit(client::cli::workflows_main(cmd)),
         other => other,
     };
     let config = Config::load(cli.config.as_deref())?;
@@ -184,7 +202,19 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
-        Command::Client(_) => anyhow::bail!("client commands are dispatched before this point"),
+        Command::Client(_)
+        | Command::Workflows {
+            command: WorkflowsCommand::Api(_),
+        } => anyhow::bail!("client commands are dispatched before this point"),
+        Command::Workflows {
+            command: WorkflowsCommand::Store(command),
+        } => {
+            let limits = store::workflows::Limits {
+                max_bytes: config.gateway.workflow_max_bytes,
+                max_files: config.gateway.workflow_max_files,
+            };
+            workflows_cmd::run(&connect(&config).await?, limits, command).await
+        }
         Command::Token {
             command:
                 TokenCommand::Jwt {

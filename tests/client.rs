@@ -810,63 +810,13 @@ async fn local_images_are_uploaded_and_the_graph_rewritten() {
 
 #[tokio::test]
 async fn workflows_ls_get_put_rm_over_the_userdata_api() {
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-    // ComfyUI's userdata semantics (comfyui-api.md §1.11), until the gateway serves them.
-    let files: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let f = files.clone();
-    let (url, _) = fake_server(Arc::new(move |req: &FakeRequest| {
-        if req.bearer.as_deref() != Some("tok") {
-            return (
-                401,
-                json!({"error": "Authentication required."}).to_string(),
-            );
-        }
-        let mut files = f.lock().unwrap();
-        let (method, target) = req.target.split_once(' ').unwrap();
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        if method == "GET" && path == "/api/userdata" {
-            assert!(query.contains("dir=workflows"), "{query}");
-            let names: Vec<&str> = files
-                .keys()
-                .filter_map(|k| k.strip_prefix("workflows/"))
-                .collect();
-            return if names.is_empty() {
-                (404, String::new())
-            } else {
-                (200, json!(names).to_string())
-            };
-        }
-        // One path segment: `/` inside the name is sent as %2F.
-        let Some(enc) = path.strip_prefix("/api/userdata/") else {
-            return (404, String::new());
-        };
-        assert!(!enc.contains('/'), "{enc}");
-        let name = enc.replace("%2F", "/").replace("%20", " ");
-        match method {
-            "GET" => match files.get(&name) {
-                Some(c) => (200, c.clone()),
-                None => (404, String::new()),
-            },
-            "POST" => {
-                if query.contains("overwrite=false") && files.contains_key(&name) {
-                    return (409, "File already exists".into());
-                }
-                files.insert(name.clone(), req.body.clone());
-                (200, json!(name).to_string())
-            }
-            "DELETE" => match files.remove(&name) {
-                Some(_) => (204, String::new()),
-                None => (404, String::new()),
-            },
-            _ => (405, String::new()),
-        }
-    }))
-    .await;
+    let stack = Stack::start(1, 0).await;
+    let url = stack.gateways[0].clone();
+    let token = stack.token("kim");
     let dir = tempfile::tempdir().unwrap();
     let wf = write_workflow(dir.path(), &basic_prompt(8, 8));
     let run = |args: Vec<String>| {
-        let mut cmd = client(dir.path(), &url, Some("tok"));
+        let mut cmd = client(dir.path(), &url, Some(&token));
         cmd.args(args);
         output(cmd)
     };
@@ -884,9 +834,18 @@ async fn workflows_ls_get_put_rm_over_the_userdata_api() {
     ])
     .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(files.lock().unwrap().contains_key("workflows/my flow.json"));
+    // Stored where ComfyUI's own clients look for it.
+    let (status, _) = stack
+        .get_json(0, &token, "/api/userdata/workflows%2Fmy%20flow.json")
+        .await;
+    assert_eq!(status, 200);
     let r = run(a("workflows ls")).await;
     assert_eq!(r.stdout, "my flow.json\n");
+    // Someone else does not see it.
+    let mut cmd = client(dir.path(), &url, Some(&stack.token("lee")));
+    cmd.args(["workflows", "ls"]);
+    let r = output(cmd).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
     // No silent overwrite.
     let r = run(vec![
         "workflows".into(),

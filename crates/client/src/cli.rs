@@ -55,13 +55,6 @@ pub enum ClientCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Your saved workflows (the userdata API: workflows/).
-    Workflows {
-        #[command(flatten)]
-        conn: ConnArgs,
-        #[command(subcommand)]
-        command: WorkflowsCommand,
-    },
 }
 
 /// `login` options.
@@ -123,21 +116,29 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
-/// `workflows` subcommands.
+/// `workflows` subcommands that work over the broker's userdata API (your own workflows, with
+/// the client's login). The binary flattens them next to the Redis-side `workflows` commands.
 #[derive(Debug, Subcommand)]
 pub enum WorkflowsCommand {
-    /// List your saved workflows.
-    Ls,
-    /// Print a workflow (or write it to a file).
+    /// List your saved workflows (over the API).
+    Ls {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Print one of your workflows, or write it to a file (over the API).
     Get {
+        #[command(flatten)]
+        conn: ConnArgs,
         /// Workflow name (`.json` is added when missing).
         name: String,
         /// Write to this file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Save a workflow file on the server.
+    /// Save a workflow file as one of yours (over the API).
     Put {
+        #[command(flatten)]
+        conn: ConnArgs,
         /// The file.
         file: PathBuf,
         /// Name on the server [default: the file's name].
@@ -147,8 +148,10 @@ pub enum WorkflowsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Delete a saved workflow.
+    /// Delete one of your workflows (over the API).
     Rm {
+        #[command(flatten)]
+        conn: ConnArgs,
         /// Workflow name.
         name: String,
     },
@@ -157,6 +160,15 @@ pub enum WorkflowsCommand {
 /// Runs a client command to completion and returns the process exit code. Builds its own
 /// runtime; needs no server configuration.
 pub fn main(cmd: ClientCommand) -> i32 {
+    block_on(dispatch(cmd))
+}
+
+/// Runs a `workflows` client command (see [`WorkflowsCommand`]); returns the exit code.
+pub fn workflows_main(cmd: WorkflowsCommand) -> i32 {
+    block_on(workflows(cmd))
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<i32, ClientError>>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -167,7 +179,7 @@ pub fn main(cmd: ClientCommand) -> i32 {
             return EXIT_FAILED;
         }
     };
-    match rt.block_on(dispatch(cmd)) {
+    match rt.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -198,7 +210,6 @@ async fn dispatch(cmd: ClientCommand) -> Result<i32, ClientError> {
         ClientCommand::Queue { conn, json } => queue(&connect(&conn)?, json).await,
         ClientCommand::History(a) => history(&connect(&a.conn)?, &a).await,
         ClientCommand::Cancel { conn, ids } => cancel(&connect(&conn)?, &ids).await,
-        ClientCommand::Workflows { conn, command } => workflows(&connect(&conn)?, command).await,
     }
 }
 
@@ -678,9 +689,10 @@ fn workflow_path(name: &str) -> Result<String, ClientError> {
     Ok(format!("/api/userdata/{enc}"))
 }
 
-async fn workflows(api: &Api, cmd: WorkflowsCommand) -> Result<i32, ClientError> {
+async fn workflows(cmd: WorkflowsCommand) -> Result<i32, ClientError> {
     match cmd {
-        WorkflowsCommand::Ls => {
+        WorkflowsCommand::Ls { conn } => {
+            let api = &connect(&conn)?;
             let v = match api
                 .get_json("/api/userdata?dir=workflows&recurse=true")
                 .await
@@ -712,7 +724,8 @@ async fn workflows(api: &Api, cmd: WorkflowsCommand) -> Result<i32, ClientError>
             }
             Ok(EXIT_OK)
         }
-        WorkflowsCommand::Get { name, output } => {
+        WorkflowsCommand::Get { conn, name, output } => {
+            let api = &connect(&conn)?;
             let path = workflow_path(&name)?;
             let resp = api
                 .send(&Method::GET, &path, api.request(Method::GET, &path), true)
@@ -733,7 +746,13 @@ async fn workflows(api: &Api, cmd: WorkflowsCommand) -> Result<i32, ClientError>
             }
             Ok(EXIT_OK)
         }
-        WorkflowsCommand::Put { file, name, force } => {
+        WorkflowsCommand::Put {
+            conn,
+            file,
+            name,
+            force,
+        } => {
+            let api = &connect(&conn)?;
             let body = std::fs::read(&file).map_err(|e| ClientError::io(&file, e))?;
             if let Err(e) = serde_json::from_slice::<Value>(&body) {
                 return Err(ClientError::Usage(format!(
@@ -764,7 +783,8 @@ async fn workflows(api: &Api, cmd: WorkflowsCommand) -> Result<i32, ClientError>
                 Err(e) => Err(e),
             }
         }
-        WorkflowsCommand::Rm { name } => {
+        WorkflowsCommand::Rm { conn, name } => {
+            let api = &connect(&conn)?;
             let path = workflow_path(&name)?;
             api.send(
                 &Method::DELETE,

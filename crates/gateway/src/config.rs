@@ -66,6 +66,11 @@ pub struct GatewayConfig {
     /// (time for load balancers to notice).
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// Largest workflow (userdata) file, in bytes; over it → 413.
+    pub workflow_max_bytes: u64,
+    /// Most workflow files one user may keep (the global space has the same limit); a new file
+    /// past it is refused with 403.
+    pub workflow_max_files: u64,
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +95,8 @@ impl Default for GatewayConfig {
             login_failure_window: Duration::from_secs(15 * 60),
             trust_forwarded_for: false,
             drain_delay: Duration::from_secs(0),
+            workflow_max_bytes: 10 * 1024 * 1024,
+            workflow_max_files: 1000,
         }
     }
 }
@@ -119,6 +126,11 @@ impl GatewayConfig {
         }
         if self.login_failure_window.is_zero() {
             return Err("gateway.login_failure_window must be positive".into());
+        }
+        if self.workflow_max_bytes == 0 || self.workflow_max_files == 0 {
+            return Err(
+                "gateway.workflow_max_bytes and workflow_max_files must be positive".into(),
+            );
         }
         if !self.login_path.starts_with('/') {
             return Err("gateway.login_path must start with '/'".into());

@@ -64,6 +64,10 @@ pub enum ApiError {
     /// The file store failed.
     #[error("files: {0}")]
     Files(#[from] files::FilesError),
+    /// A text/plain answer (ComfyUI's own bodies, e.g. userdata's `409 File already exists`);
+    /// an empty text gives an empty body without a content type, as ComfyUI sends it.
+    #[error("{0}: {1}")]
+    Text(StatusCode, String),
     /// A fixed answer with a given status and JSON body (ComfyUI's own shapes, e.g. the jobs
     /// API's `{"error": "Job not found"}`).
     #[error("{0}")]
@@ -220,6 +224,18 @@ impl IntoResponse for ApiError {
                 )
             }
             ApiError::Raw(status, _kind, body) => json_response(status, body),
+            ApiError::Text(status, text) => {
+                let empty = text.is_empty();
+                let mut r = Response::new(Body::from(text));
+                *r.status_mut() = status;
+                if !empty {
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                r
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ mod accounts;
 pub mod auth;
 mod body;
 mod config;
+mod cpe;
 mod error;
 pub mod hub;
 mod info;
@@ -27,6 +28,7 @@ mod queue;
 mod routes;
 mod state;
 mod view;
+mod workflows;
 mod ws;
 
 use std::future::Future;

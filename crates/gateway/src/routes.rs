@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::require_auth;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{accounts, info, jobs, prompt, queue, view, ws};
+use crate::{accounts, cpe, info, jobs, prompt, queue, view, workflows, ws};
 
 /// Adds `path` and `/api{path}`.
 fn both(
@@ -60,6 +60,47 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     authed = both(authed, "/embeddings", get(info::embeddings));
     authed = both(authed, "/features", get(info::features));
     authed = both(authed, "/ws", get(ws::ws_upgrade));
+    // Workflows (userdata) and MSS-Login's forms of them; see workflows.rs.
+    authed = both(
+        authed,
+        "/userdata",
+        get(workflows::list_userdata)
+            .post(workflows::post_userdata_dir)
+            .delete(workflows::delete_userdata_dir),
+    );
+    authed = both(
+        authed,
+        "/userdata/{file}",
+        get(workflows::get_userdata)
+            .post(workflows::post_userdata)
+            .delete(workflows::delete_userdata),
+    );
+    authed = both(
+        authed,
+        "/userdata/{file}/move/{dest}",
+        post(workflows::move_userdata),
+    );
+    for path in ["/userdata/workflows/", "/userdata/workflows/{*name}"] {
+        authed = both(
+            authed,
+            path,
+            get(workflows::mss_get)
+                .post(workflows::mss_post)
+                .delete(workflows::mss_remove),
+        );
+    }
+    authed = both(authed, "/v2/userdata", get(workflows::list_userdata_v2));
+    // The Comfy Portal endpoints (mss-login-api.md §7); see cpe.rs.
+    authed = both(authed, "/cpe/workflow/list", get(cpe::list));
+    authed = both(authed, "/cpe/workflow/get", get(cpe::get));
+    authed = both(authed, "/cpe/workflow/save", post(cpe::save));
+    authed = both(
+        authed,
+        "/cpe/workflow/get-and-convert",
+        get(cpe::get_and_convert),
+    );
+    authed = both(authed, "/cpe/workflow/convert", post(cpe::convert_body));
+    authed = both(authed, "/cpe/health", get(cpe::health));
     // The jobs API exists only under /api (ComfyUI also answers at /api/api/jobs...).
     for prefix in ["/api", "/api/api"] {
         authed = authed

@@ -36,6 +36,15 @@
 //! | `<p>:{accounts}:deleted:<uid>` | string | tombstone of a deleted user (expires after the longest token lifetime) |
 //! | `<p>:{accounts}:loginfail:<subject>` | string | failed logins of a name or address (expires) |
 //!
+//! Workflows (userdata files; one slot per space: tag `{wf:u:<uid>}` for a user's files,
+//! `{wf:global}` for the global ones; see `workflows.rs`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<p>:{wf:<space>}:data` | hash | path → the file's bytes, exactly as saved |
+//! | `<p>:{wf:<space>}:meta` | hash | path → `<size> <created_us> <modified_us>` |
+//! | `<p>:{wf:<space>}:idx` | zset | every path, score 0 (lexicographic ranges list a directory) |
+//!
 //! | channel | what |
 //! | --- | --- |
 //! | `<p>:ev:<uid>` | the user's events (`protocol::envelope`) |
@@ -204,6 +213,27 @@ impl Keys {
         self.account(format_args!("deleted:{uid}"))
     }
 
+    /// `<p>:{wf:<space>}` — the part every key of one workflow space starts with (`space` is
+    /// `u:<uid>` or `global`).
+    pub fn workflow_base(&self, space: &str) -> String {
+        format!("{}:{{wf:{}}}", self.prefix, space)
+    }
+
+    /// A workflow space's file contents.
+    pub fn workflow_data(&self, space: &str) -> String {
+        format!("{}:data", self.workflow_base(space))
+    }
+
+    /// A workflow space's sizes and times.
+    pub fn workflow_meta(&self, space: &str) -> String {
+        format!("{}:meta", self.workflow_base(space))
+    }
+
+    /// A workflow space's path index.
+    pub fn workflow_index(&self, space: &str) -> String {
+        format!("{}:idx", self.workflow_base(space))
+    }
+
     /// Failed-login counter of a name or address.
     pub fn login_failures(&self, subject: &str) -> String {
         self.account(format_args!("loginfail:{subject}"))
@@ -237,5 +267,12 @@ mod tests {
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }
         assert_eq!(k.events("u1"), "cb:ev:u1");
+        for key in [
+            k.workflow_data("u:u1"),
+            k.workflow_meta("u:u1"),
+            k.workflow_index("u:u1"),
+        ] {
+            assert!(key.starts_with("cb:{wf:u:u1}:"), "{key}");
+        }
     }
 }

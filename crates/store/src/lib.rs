@@ -14,6 +14,7 @@ mod registry;
 mod scripts;
 #[cfg(feature = "test-support")]
 pub mod test_redis;
+pub mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,8 @@ pub(crate) struct Scripts {
     pub heartbeat: Script,
     pub reclaim: Script,
     pub retry: Script,
+    pub wf_put: Script,
+    pub wf_move: Script,
 }
 
 impl Scripts {
@@ -25,6 +27,8 @@ impl Scripts {
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             reclaim: Script::new(include_str!("lua/reclaim.lua")),
             retry: Script::new(include_str!("lua/retry.lua")),
+            wf_put: Script::new(include_str!("lua/wf_put.lua")),
+            wf_move: Script::new(include_str!("lua/wf_move.lua")),
         }
     }
 }
