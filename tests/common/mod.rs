@@ -72,6 +72,8 @@ pub struct StackOptions {
     pub own_redis_with_aof: bool,
     /// Extra environment for every worker (e.g. short leases).
     pub worker_env: Vec<(String, String)>,
+    /// Write each gateway's log (at debug level) to `<dir>/gateway<i>.log` instead of stderr.
+    pub gateway_logs: Option<PathBuf>,
 }
 
 /// Fast failure detection for reliability tests.
@@ -173,6 +175,10 @@ impl Stack {
             let mut cmd = Command::new(bin());
             cmd.args(["gateway", "--listen", &format!("127.0.0.1:{port}")]);
             s.env(&mut cmd);
+            if let Some(dir) = &opts.gateway_logs {
+                let file = std::fs::File::create(dir.join(format!("gateway{i}.log"))).unwrap();
+                cmd.env("RUST_LOG", "debug").stderr(Stdio::from(file));
+            }
             s.procs.push(Proc {
                 name: format!("gateway{i}"),
                 child: cmd.spawn().unwrap(),
@@ -284,6 +290,24 @@ impl Stack {
             assert!(Instant::now() < deadline, "job {id} never finished");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
+    }
+
+    /// Runs the `comfy-broker` command line against this stack's Redis, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        self.env(&mut cmd);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// Kills simulated backend `i` and starts a fresh one on the same port (a GPU node that
