@@ -150,10 +150,17 @@ impl Config {
 
     /// Checks needed by processes that verify or mint tokens.
     pub fn validate_auth(&self) -> anyhow::Result<()> {
-        if self.auth.secret.len() < 32 {
-            bail!("auth.secret (COMFY_BROKER__AUTH__SECRET) must be set to at least 32 bytes");
+        match self.auth.algorithm {
+            auth::JwtAlgorithm::HS256 if self.auth.secret.len() < 32 => {
+                bail!("auth.secret (COMFY_BROKER__AUTH__SECRET) must be set to at least 32 bytes")
+            }
+            auth::JwtAlgorithm::RS256 | auth::JwtAlgorithm::EdDSA
+                if self.auth.public_key_file.is_none() =>
+            {
+                bail!("auth.public_key_file is required with auth.algorithm RS256 or EdDSA")
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

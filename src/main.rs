@@ -75,11 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
-    /// Workflows in Redis: import a directory (global or a user's), list.
+    /// Workflows: yours over the API (ls, get, put, rm), or those in Redis (import, list).
     Workflows {
         #[command(subcommand)]
-        command: workflows_cmd::WorkflowsCommand,
+        command: WorkflowsCommand,
     },
+    /// Client commands (login, run, queue ...): speak the public API, need no server config.
+    #[command(flatten)]
+    Client(client::cli::ClientCommand),
+}
+
+/// `workflows`: the Redis-side commands and the client's (over the API) side by side.
+#[derive(Debug, Subcommand)]
+enum WorkflowsCommand {
+    #[command(flatten)]
+    Store(workflows_cmd::WorkflowsCommand),
+    #[command(flatten)]
+    Api(client::cli::WorkflowsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +127,13 @@ enum TokenCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Client(cmd) => std::process::exit(client::cli::main(cmd)),
+        Command::Workflows {
+            command: WorkflowsCommand::Api(cmd),
+        } => std::process::exit(client::cli::workflows_main(cmd)),
+        other => other,
+    };
     let config = Config::load(cli.config.as_deref())?;
     config.validate()?;
     logging::init(&config.log)?;
@@ -122,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(run(cli.command, config))
+    runtime.block_on(run(command, config))
 }
 
 async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
@@ -166,10 +185,10 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             node_time,
             models,
         } => {
-            let mut sim_config = comfy_sim::SimConfig::default();
-            if let Some(t) = node_time {
-                sim_config.work_time = t;
-            }
+            let mut sim_config = comfy_sim::SimConfig {
+                work_time: node_time.unwrap_or_default(),
+                ..comfy_sim::SimConfig::default()
+            };
             for m in models {
                 let Some((folder, name)) = m.split_once('/') else {
                     anyhow::bail!("--model must be folder/name, got {m:?}");
@@ -201,7 +220,13 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
-        Command::Workflows { command } => {
+        Command::Client(_)
+        | Command::Workflows {
+            command: WorkflowsCommand::Api(_),
+        } => anyhow::bail!("client commands are dispatched before this point"),
+        Command::Workflows {
+            command: WorkflowsCommand::Store(command),
+        } => {
             let limits = store::workflows::Limits {
                 max_bytes: config.gateway.workflow_max_bytes,
                 max_files: config.gateway.workflow_max_files,

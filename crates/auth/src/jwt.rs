@@ -39,8 +39,15 @@ pub struct Claims {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
+    /// The one algorithm tokens are signed and verified with: `HS256` (shared secret, the
+    /// default), `RS256` or `EdDSA` (key pair in PEM files).
+    pub algorithm: JwtAlgorithm,
     /// HS256 shared secret (at least 32 bytes).
     pub secret: String,
+    /// RS256/EdDSA: PEM file of the private key (gateways that issue tokens at `/login`).
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// RS256/EdDSA: PEM file of the public key (every verifier).
+    pub public_key_file: Option<std::path::PathBuf>,
     /// `iss` written and required.
     pub issuer: String,
     /// `aud` written and required.
@@ -55,13 +62,27 @@ pub struct JwtConfig {
 impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
             secret: String::new(),
+            private_key_file: None,
+            public_key_file: None,
             issuer: "comfy-broker".into(),
             audience: "comfy-broker".into(),
             leeway_secs: 30,
             session_ttl: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// The pinned signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `secret`.
+    HS256,
+    /// RSA PKCS#1 v1.5 SHA-256 with a key pair.
+    RS256,
+    /// Ed25519 with a key pair.
+    EdDSA,
 }
 
 /// Why a token was refused (the reason is logged and counted, never echoed with the token).
@@ -84,7 +105,9 @@ pub enum JwtError {
 /// Keys and validation rules for session JWTs.
 #[derive(Clone)]
 pub struct JwtKeys {
-    encoding: EncodingKey,
+    alg: Algorithm,
+    /// `None` for a verifier holding only the public key.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
     config: JwtConfig,
@@ -98,21 +121,63 @@ fn now_secs() -> i64 {
 }
 
 impl JwtKeys {
-    /// HS256 keys from the configured shared secret.
+    /// Keys for the configured algorithm: the HS256 shared secret, or the RS256/EdDSA PEM files
+    /// (a verifier without the private key cannot mint).
     pub fn new(config: JwtConfig) -> Result<Self, JwtError> {
-        if config.secret.len() < 32 {
-            return Err(JwtError::Config("jwt secret must be at least 32 bytes"));
-        }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
+        let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, JwtError> {
+            match p {
+                Some(path) => std::fs::read(path)
+                    .map(Some)
+                    .map_err(|_| JwtError::Config("cannot read a jwt key file")),
+                None => Ok(None),
+            }
+        };
+        let (alg, encoding, decoding) = match config.algorithm {
+            JwtAlgorithm::HS256 => {
+                if config.secret.len() < 32 {
+                    return Err(JwtError::Config("jwt secret must be at least 32 bytes"));
+                }
+                (
+                    Algorithm::HS256,
+                    Some(EncodingKey::from_secret(config.secret.as_bytes())),
+                    DecodingKey::from_secret(config.secret.as_bytes()),
+                )
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::EdDSA => {
+                let public = read(&config.public_key_file)?
+                    .ok_or(JwtError::Config("auth.public_key_file is required"))?;
+                let private = read(&config.private_key_file)?;
+                let bad = |_| JwtError::Config("a jwt key file is not a valid PEM key");
+                if config.algorithm == JwtAlgorithm::RS256 {
+                    (
+                        Algorithm::RS256,
+                        private
+                            .map(|k| EncodingKey::from_rsa_pem(&k).map_err(bad))
+                            .transpose()?,
+                        DecodingKey::from_rsa_pem(&public).map_err(bad)?,
+                    )
+                } else {
+                    (
+                        Algorithm::EdDSA,
+                        private
+                            .map(|k| EncodingKey::from_ed_pem(&k).map_err(bad))
+                            .transpose()?,
+                        DecodingKey::from_ed_pem(&public).map_err(bad)?,
+                    )
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
         validation.leeway = config.leeway_secs;
         validation.validate_nbf = true;
         validation.set_issuer(&[config.issuer.as_str()]);
         validation.set_audience(&[config.audience.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Ok(JwtKeys {
-            encoding: EncodingKey::from_secret(config.secret.as_bytes()),
-            decoding: DecodingKey::from_secret(config.secret.as_bytes()),
+            alg,
+            encoding,
+            decoding,
             validation,
             config,
         })
@@ -149,8 +214,11 @@ impl JwtKeys {
 
     /// Signs arbitrary claims (tests use it to build expired or odd tokens).
     pub fn sign(&self, claims: &Claims) -> Result<String, JwtError> {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .map_err(|_| JwtError::Config("could not sign"))
+        let key = self
+            .encoding
+            .as_ref()
+            .ok_or(JwtError::Config("no private key to sign with"))?;
+        encode(&Header::new(self.alg), claims, key).map_err(|_| JwtError::Config("could not sign"))
     }
 
     /// Verifies signature, algorithm, `exp`, `nbf`, `iss` and `aud`, and that `id` = `sub`.
@@ -289,6 +357,48 @@ mod tests {
         })
         .unwrap();
         assert!(other.claims_ignoring_expiry(&old).is_err());
+    }
+
+    #[test]
+    fn ed25519_key_pairs_sign_and_verify_and_refuse_hs256() {
+        // A throwaway Ed25519 key pair (PKCS#8 / SPKI PEM) for this test only.
+        let dir = std::env::temp_dir().join(format!("cb-jwt-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let private = dir.join("ed.pem");
+        let public = dir.join("ed.pub.pem");
+        std::fs::write(&private, "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEID4mabocQqljHFJdd3zFKZdd5rXtJKEeB7pnmQN6IYXr\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(&public, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAd8p4UMqlHecKNhVg1Ewee194F7ch+fi0064zPzRfnwA=\n-----END PUBLIC KEY-----\n").unwrap();
+        let config = JwtConfig {
+            algorithm: JwtAlgorithm::EdDSA,
+            private_key_file: Some(private),
+            public_key_file: Some(public.clone()),
+            ..JwtConfig::default()
+        };
+        let k = JwtKeys::new(config.clone()).unwrap();
+        let (t, c) = k
+            .mint("u1", "a", Role::User, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(k.verify(&t).unwrap(), c);
+        // A verifier with only the public key verifies but cannot mint.
+        let verifier = JwtKeys::new(JwtConfig {
+            private_key_file: None,
+            ..config
+        })
+        .unwrap();
+        assert!(verifier.verify(&t).is_ok());
+        assert!(verifier
+            .mint("u1", "a", Role::User, Duration::from_secs(60))
+            .is_err());
+        // An HS256 token is refused by an EdDSA verifier (algorithm pinned).
+        assert!(verifier
+            .verify(
+                &keys()
+                    .mint("u1", "a", Role::User, Duration::from_secs(60))
+                    .unwrap()
+                    .0
+            )
+            .is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

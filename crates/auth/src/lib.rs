@@ -10,7 +10,7 @@ mod roles;
 
 pub use api_token::{generate_api_token, hash_api_token, is_api_token_shaped};
 pub use carrier::{find_token, is_jwt_shaped, Carrier};
-pub use jwt::{Claims, JwtConfig, JwtError, JwtKeys};
+pub use jwt::{Claims, JwtAlgorithm, JwtConfig, JwtError, JwtKeys};
 pub use password::{
     check_new_password, check_username, hash_password, verify_password, PasswordError,
     MAX_PASSWORD_LEN,
