@@ -21,8 +21,8 @@ pub struct Config {
     pub gateway: gateway::GatewayConfig,
     /// The backend drivers (`[worker]`).
     pub worker: worker::WorkerConfig,
-    /// Where outputs and uploads live (`[files]`).
-    pub files: FilesConfig,
+    /// Where outputs and uploads live, and for how long (`[files]`).
+    pub files: files::FilesConfig,
     /// Accounts (`[accounts]`).
     pub accounts: AccountsConfig,
     /// Logging (`[log]`).
@@ -37,22 +37,6 @@ pub struct AccountsConfig {
     pub bootstrap_owner: Option<String>,
     /// That owner's password (give it through `COMFY_BROKER__ACCOUNTS__BOOTSTRAP_PASSWORD`).
     pub bootstrap_password: Option<String>,
-}
-
-/// The file store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesConfig {
-    /// Local directory holding every user's outputs and uploads.
-    pub dir: PathBuf,
-}
-
-impl Default for FilesConfig {
-    fn default() -> Self {
-        FilesConfig {
-            dir: PathBuf::from("./comfy-broker-files"),
-        }
-    }
 }
 
 /// Log output.
@@ -132,6 +116,9 @@ impl Config {
         if self.redis.history_max_items == 0 {
             bail!("redis.history_max_items must be at least 1");
         }
+        if let Err(e) = self.files.validate() {
+            bail!("{e}");
+        }
         Ok(())
     }
 
@@ -149,6 +136,9 @@ impl Config {
                 let _ = url.set_password(Some("redacted"));
                 c.redis.url = url.to_string();
             }
+        }
+        if !c.files.s3_secret_access_key.is_empty() {
+            c.files.s3_secret_access_key = "<redacted>".into();
         }
         for b in &mut c.worker.backends {
             for v in b.headers.values_mut() {
@@ -211,9 +201,12 @@ mod tests {
         let mut c = Config::default();
         c.auth.secret = "super-secret-super-secret-super-secret".into();
         c.redis.url = "redis://:hunter2@localhost:6379".into();
+        c.files.s3_secret_access_key = "s3-hunter3".into();
         let text = c.to_redacted_toml().unwrap();
         assert!(
-            !text.contains("super-secret") && !text.contains("hunter2"),
+            !text.contains("super-secret")
+                && !text.contains("hunter2")
+                && !text.contains("hunter3"),
             "{text}"
         );
         let dir = tempfile::tempdir().unwrap();

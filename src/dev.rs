@@ -183,7 +183,14 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     if config.auth.secret.len() < 32 {
         config.auth.secret = dev_secret(&data_dir)?;
     }
-    let files = files::FileStore::local(&data_dir.join("files"))?;
+    // `dev` keeps its files under --data-dir unless the config chose another store.
+    let mut files_config = config.files.clone();
+    if files_config.backend == files::Backend::Local
+        && files_config.dir == files::FilesConfig::default().dir
+    {
+        files_config.dir = data_dir.join("files");
+    }
+    let files = files::FileStore::from_config(&files_config)?;
     let store = store::Store::connect(config.redis.clone())
         .await
         .context("connecting to Redis")?;

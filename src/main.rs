@@ -52,6 +52,10 @@ enum Command {
         /// Work time of every node (e.g. `200ms`).
         #[arg(long, value_parser = humantime::parse_duration)]
         node_time: Option<Duration>,
+        /// A model file the node pretends to have, as `folder/name` (e.g.
+        /// `checkpoints/sd15.safetensors`; repeatable), so graphs with loaders validate.
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     /// Mint tokens.
     Token {
@@ -71,14 +75,26 @@ enum Command {
         #[command(subcommand)]
         command: admin::JobsCommand,
     },
-    /// Workflows in Redis: import a directory (global or a user's), list.
+    /// Workflows: yours over the API (ls, get, put, rm), or those in Redis (import, list).
     Workflows {
         #[command(subcommand)]
-        command: workflows_cmd::WorkflowsCommand,
+        command: WorkflowsCommand,
     },
     /// Load benchmark of a whole stack (separate processes over loopback); see the README's
     /// "Performance" section.
     Bench(bench::BenchArgs),
+    /// Client commands (login, run, queue ...): speak the public API, need no server config.
+    #[command(flatten)]
+    Client(client::cli::ClientCommand),
+}
+
+/// `workflows`: the Redis-side commands and the client's (over the API) side by side.
+#[derive(Debug, Subcommand)]
+enum WorkflowsCommand {
+    #[command(flatten)]
+    Store(workflows_cmd::WorkflowsCommand),
+    #[command(flatten)]
+    Api(client::cli::WorkflowsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +130,13 @@ enum TokenCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Client(cmd) => std::process::exit(client::cli::main(cmd)),
+        Command::Workflows {
+            command: WorkflowsCommand::Api(cmd),
+        } => std::process::exit(client::cli::workflows_main(cmd)),
+        other => other,
+    };
     let config = Config::load(cli.config.as_deref())?;
     config.validate()?;
     logging::init(&config.log)?;
@@ -121,7 +144,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime.block_on(run(cli.command, config))
+    runtime.block_on(run(command, config))
 }
 
 async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
@@ -132,7 +155,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 config.gateway.listen = l;
             }
             let store = connect(&config).await?;
-            let files = files::FileStore::local(&config.files.dir)?;
+            let files = files::FileStore::from_config(&config.files)?;
             let jwt = auth::JwtKeys::new(config.auth.clone())?;
             bootstrap(&store, &config).await?;
             let listener = tokio::net::TcpListener::bind(config.gateway.listen)
@@ -155,17 +178,31 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 "no backends: set worker.backends in the config or pass --backend URL"
             );
             let store = connect(&config).await?;
-            let files = files::FileStore::local(&config.files.dir)?;
+            let files = files::FileStore::from_config(&config.files)?;
             worker::run(store, files, config.worker.clone(), shutdown::signal()).await?;
             Ok(())
         }
         Command::Dev(args) => dev::run(args, config).await,
         Command::Bench(args) => Ok(bench::run(args).await?),
-        Command::Sim { listen, node_time } => {
-            let sim_config = comfy_sim::SimConfig {
+        Command::Sim {
+            listen,
+            node_time,
+            models,
+        } => {
+            let mut sim_config = comfy_sim::SimConfig {
                 work_time: node_time.unwrap_or_default(),
                 ..comfy_sim::SimConfig::default()
             };
+            for m in models {
+                let Some((folder, name)) = m.split_once('/') else {
+                    anyhow::bail!("--model must be folder/name, got {m:?}");
+                };
+                sim_config
+                    .models
+                    .entry(folder.to_owned())
+                    .or_default()
+                    .push(name.to_owned());
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -187,7 +224,13 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         }
         Command::User { command } => admin::user(&connect(&config).await?, command).await,
         Command::Jobs { command } => admin::jobs(&connect(&config).await?, command).await,
-        Command::Workflows { command } => {
+        Command::Client(_)
+        | Command::Workflows {
+            command: WorkflowsCommand::Api(_),
+        } => anyhow::bail!("client commands are dispatched before this point"),
+        Command::Workflows {
+            command: WorkflowsCommand::Store(command),
+        } => {
             let limits = store::workflows::Limits {
                 max_bytes: config.gateway.workflow_max_bytes,
                 max_files: config.gateway.workflow_max_files,

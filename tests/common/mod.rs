@@ -72,6 +72,10 @@ pub struct StackOptions {
     pub own_redis_with_aof: bool,
     /// Extra environment for every worker (e.g. short leases).
     pub worker_env: Vec<(String, String)>,
+    /// Extra arguments of every simulated backend (e.g. `--model checkpoints/x.safetensors`).
+    pub sim_args: Vec<String>,
+    /// Extra environment of every process (e.g. `COMFY_BROKER__FILES__OUTPUT_TTL`).
+    pub env: Vec<(String, String)>,
     /// Write each gateway's log (at debug level) to `<dir>/gateway<i>.log` instead of stderr.
     pub gateway_logs: Option<PathBuf>,
 }
@@ -96,6 +100,7 @@ pub fn fast_worker_env() -> Vec<(String, String)> {
 /// A running stack.
 pub struct Stack {
     pub worker_env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
     pub redis: TestRedis,
     pub files_dir: tempfile::TempDir,
     pub gateways: Vec<String>,
@@ -118,6 +123,9 @@ impl Stack {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
     }
 
     /// Starts `backends` simulated backends, one worker driving them all, and `gateways`
@@ -136,6 +144,7 @@ impl Stack {
         let (gateways, backends) = (opts.gateways, opts.backends);
         let mut s = Stack {
             worker_env: opts.worker_env.clone(),
+            env: opts.env.clone(),
             redis: if opts.own_redis_with_aof {
                 TestRedis::own(true)
             } else {
@@ -151,6 +160,7 @@ impl Stack {
             let port = free_port();
             let mut cmd = Command::new(bin());
             cmd.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
+            cmd.args(&opts.sim_args);
             s.env(&mut cmd);
             s.procs.push(Proc {
                 name: format!("sim{i}"),

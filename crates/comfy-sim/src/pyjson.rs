@@ -38,7 +38,7 @@ impl Formatter for PyFormatter {
     }
 
     fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
-        w.write_all(py_float(value).as_bytes())
+        w.write_all(protocol::pyrepr::float_repr(value).as_bytes())
     }
 
     fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
@@ -83,39 +83,6 @@ impl Formatter for PyFormatter {
             CharEscape::AsciiControl(b) => return write!(w, "\\u{:04x}", b),
         };
         w.write_all(s)
-    }
-}
-
-/// Python's `repr(float)` (JSON has no NaN/Infinity; those cannot occur in our values).
-pub(crate) fn py_float(x: f64) -> String {
-    if x == 0.0 {
-        return if x.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    let a = x.abs();
-    if (1e-4..1e16).contains(&a) {
-        let s = format!("{x}");
-        if s.contains('.') {
-            s
-        } else {
-            format!("{s}.0")
-        }
-    } else {
-        let s = format!("{x:e}");
-        match s.split_once('e') {
-            Some((mant, exp)) => {
-                let (sign, digits) = match exp.strip_prefix('-') {
-                    Some(d) => ('-', d),
-                    None => ('+', exp),
-                };
-                let pad = if digits.len() < 2 { "0" } else { "" };
-                format!("{mant}e{sign}{pad}{digits}")
-            }
-            None => s,
-        }
     }
 }
 

@@ -154,7 +154,7 @@ async fn post_prompt(State(shared): S, body: Bytes) -> Response {
         None => {
             let mut inner = shared.lock();
             let mut n = inner.number;
-            if body.get("front").is_some_and(truthy) {
+            if body.get("front").is_some_and(protocol::pyrepr::truthy) {
                 n = -n;
             }
             inner.number += 1;
@@ -234,17 +234,6 @@ fn error_response(e: &PromptError) -> Response {
     json_response(StatusCode::BAD_REQUEST, &e.to_json())
 }
 
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 /// Python's `float(x)` for a JSON value.
 fn py_float(v: &Value) -> Option<f64> {
     match v {
@@ -274,7 +263,7 @@ async fn post_queue(State(shared): S, body: Bytes) -> Response {
         return internal_error();
     };
     let mut inner = shared.lock();
-    if body.get("clear").is_some_and(truthy) {
+    if body.get("clear").is_some_and(protocol::pyrepr::truthy) {
         inner.queue.0.clear();
         inner.queue_updated();
     }
@@ -310,7 +299,10 @@ async fn post_interrupt(State(shared): S, body: Bytes) -> Response {
     let Value::Object(json) = json else {
         return internal_error();
     };
-    match json.get("prompt_id").filter(|p| truthy(p)) {
+    match json
+        .get("prompt_id")
+        .filter(|p| protocol::pyrepr::truthy(p))
+    {
         Some(pid) => {
             let running = shared
                 .lock()
@@ -336,7 +328,10 @@ async fn post_free(State(shared): S, body: Bytes) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return internal_error();
     };
-    if body.get("free_memory").is_some_and(truthy) {
+    if body
+        .get("free_memory")
+        .is_some_and(protocol::pyrepr::truthy)
+    {
         shared.lock().free_memory = true;
         shared.wake.notify_one();
     }
@@ -386,7 +381,7 @@ async fn post_history(State(shared): S, body: Bytes) -> Response {
         return internal_error();
     };
     let mut inner = shared.lock();
-    if body.get("clear").is_some_and(truthy) {
+    if body.get("clear").is_some_and(protocol::pyrepr::truthy) {
         inner.history.clear();
     }
     if let Some(Value::Array(ids)) = body.get("delete") {

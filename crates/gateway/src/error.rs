@@ -64,6 +64,12 @@ pub enum ApiError {
     /// The file store failed.
     #[error("files: {0}")]
     Files(#[from] files::FilesError),
+    /// A file flagged NSFW asked for by a user with `sfw_check` on: MSS-Login's 403 text.
+    #[error("NSFW content blocked")]
+    NsfwBlocked,
+    /// A `Range` outside the file (its size).
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable(u64),
     /// A text/plain answer (ComfyUI's own bodies, e.g. userdata's `409 File already exists`);
     /// an empty text gives an empty body without a content type, as ComfyUI sends it.
     #[error("{0}: {1}")]
@@ -222,6 +228,23 @@ impl IntoResponse for ApiError {
                         "the file store failed; retry later",
                     ),
                 )
+            }
+            ApiError::NsfwBlocked => {
+                let mut r = Response::new(Body::from("NSFW content blocked for this user."));
+                *r.status_mut() = StatusCode::FORBIDDEN;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+            ApiError::RangeNotSatisfiable(size) => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                r
             }
             ApiError::Raw(status, _kind, body) => json_response(status, body),
             ApiError::Text(status, text) => {

@@ -211,11 +211,14 @@ pub(crate) async fn post_prompt(
             "No backend of this pool has published its node catalogue yet".into(),
         ));
     };
+    // Uploaded inputs live in the caller's file space, not in a backend's input folder (the
+    // worker ships them): an input naming a file is valid when the caller has that file.
+    let mine = crate::upload::callers_files(&st, &identity.user_id, &p.prompt, catalog).await?;
     let opts = ValidateOptions {
         partial_execution_targets: p.partial.take(),
-        // Uploaded inputs live in the caller's file space, not in a backend's input folder; the
-        // worker ships them. Existence is checked when the job runs.
-        files: FileCheck::AcceptAll,
+        files: FileCheck::Custom(Arc::new(move |f: &validate::FileRef<'_>| {
+            mine.contains(f.filename)
+        })),
     };
     let validated =
         validate::validate(&p.prompt, catalog, &opts).map_err(|e| ApiError::Prompt(Box::new(e)))?;

@@ -161,12 +161,14 @@ pub(crate) async fn get_history(
         max_items: int_param(&pairs, "max_items")?,
         offset: int_param(&pairs, "offset")?,
     };
-    let entries = if id.can(auth::Permission::CanViewAll) {
+    let all = id.can(auth::Permission::CanViewAll);
+    let mut entries = if all {
         st.redis(st.store.history_all(st.pool(), window)).await?
     } else {
         st.redis(st.store.history(st.pool(), &id.user_id, window))
             .await?
     };
+    crate::nsfw::annotate_history(&st, &id, !all, &mut entries).await?;
     let mut s = String::with_capacity(entries.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
     s.push('{');
     for (i, (pid, entry)) in entries.iter().enumerate() {
@@ -193,12 +195,15 @@ pub(crate) async fn get_history_one(
     let entry = st
         .redis(st.store.history_entry(st.pool(), &id.user_id, &prompt_id))
         .await?;
+    let Some(entry) = entry else {
+        return Ok(json_response(StatusCode::OK, "{}"));
+    };
+    let mut entries = [(prompt_id, entry)];
+    crate::nsfw::annotate_history(&st, &id, true, &mut entries).await?;
+    let [(prompt_id, entry)] = entries;
     Ok(json_response(
         StatusCode::OK,
-        match entry {
-            Some(e) => format!("{{{}: {}}}", json_str(&prompt_id), e),
-            None => "{}".to_owned(),
-        },
+        format!("{{{}: {}}}", json_str(&prompt_id), entry),
     ))
 }
 

@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::require_auth;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{accounts, cpe, info, jobs, prompt, queue, view, workflows, ws};
+use crate::{accounts, cpe, info, jobs, nsfw, prompt, queue, upload, view, workflows, ws};
 
 /// Adds `path` and `/api{path}`.
 fn both(
@@ -52,6 +52,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     );
     authed = both(authed, "/history/{prompt_id}", get(queue::get_history_one));
     authed = both(authed, "/view", get(view::view));
+    authed = both(authed, "/upload/image", post(upload::upload_image));
+    authed = both(authed, "/upload/mask", post(upload::upload_mask));
+    authed = both(authed, "/mss-login/api/outputs/nsfw", post(nsfw::mark));
     authed = both(authed, "/object_info", get(info::object_info));
     authed = both(authed, "/object_info/{class}", get(info::object_info_class));
     authed = both(authed, "/system_stats", get(info::system_stats));

@@ -93,51 +93,7 @@ impl fmt::Display for PyNum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PyNum::Int(i) => write!(f, "{i}"),
-            PyNum::Float(x) => f.write_str(&py_float_repr(*x)),
-        }
-    }
-}
-
-/// Python's `repr(float)`.
-pub(crate) fn py_float_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if x == 0.0 {
-        return if x.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    let a = x.abs();
-    if (1e-4..1e16).contains(&a) {
-        let s = format!("{x}");
-        if s.contains('.') {
-            s
-        } else {
-            format!("{s}.0")
-        }
-    } else {
-        // Rust gives "1.5e-5"; Python gives "1.5e-05".
-        let s = format!("{x:e}");
-        match s.split_once('e') {
-            Some((mant, exp)) => {
-                let (sign, digits) = match exp.strip_prefix('-') {
-                    Some(d) => ('-', d),
-                    None => ('+', exp),
-                };
-                let digits = if digits.len() < 2 {
-                    format!("0{digits}")
-                } else {
-                    digits.to_string()
-                };
-                format!("{mant}e{sign}{digits}")
-            }
-            None => s,
+            PyNum::Float(x) => f.write_str(&crate::pyrepr::float_repr(*x)),
         }
     }
 }
@@ -824,12 +780,12 @@ mod tests {
 
     #[test]
     fn float_repr_is_pythons() {
-        assert_eq!(py_float_repr(1.0), "1.0");
-        assert_eq!(py_float_repr(0.1), "0.1");
-        assert_eq!(py_float_repr(1e-5), "1e-05");
-        assert_eq!(py_float_repr(1e16), "1e+16");
-        assert_eq!(py_float_repr(-2.5), "-2.5");
-        assert_eq!(py_float_repr(123456789.0), "123456789.0");
+        assert_eq!(crate::pyrepr::float_repr(1.0), "1.0");
+        assert_eq!(crate::pyrepr::float_repr(0.1), "0.1");
+        assert_eq!(crate::pyrepr::float_repr(1e-5), "1e-05");
+        assert_eq!(crate::pyrepr::float_repr(1e16), "1e+16");
+        assert_eq!(crate::pyrepr::float_repr(-2.5), "-2.5");
+        assert_eq!(crate::pyrepr::float_repr(123456789.0), "123456789.0");
     }
 
     #[test]

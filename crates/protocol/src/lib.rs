@@ -8,4 +8,5 @@ pub mod error;
 pub mod frames;
 pub mod ids;
 pub mod messages;
+pub mod pyrepr;
 pub mod validate;

@@ -21,9 +21,7 @@ use serde_json::{Map, Value};
 
 pub use crate::error::ErrorObject;
 
-use crate::catalog::{
-    py_float_repr, Catalog, ClassInfo, InputCategory, InputDef, InputKind, PyNum, UploadKind,
-};
+use crate::catalog::{Catalog, ClassInfo, InputCategory, InputDef, InputKind, PyNum, UploadKind};
 
 /// Where the server that recorded the traces kept its source; used in reproduced tracebacks.
 const SRC: &str = "/srv/ComfyUI/execution.py";
@@ -483,7 +481,7 @@ impl<'a> Ctx<'a> {
                     .ok_or_else(|| format!("could not convert string to float: {}", py_repr(&val)))
             }),
             InputKind::String { .. } => Ok(Value::String(py_str(&val))),
-            InputKind::Boolean { .. } => Ok(Value::Bool(py_truthy(&val))),
+            InputKind::Boolean { .. } => Ok(Value::Bool(crate::pyrepr::truthy(&val))),
             _ => Ok(val.clone()),
         };
         let val = match coerced {
@@ -847,18 +845,6 @@ fn py_type(v: &Value) -> &'static str {
     }
 }
 
-/// Python truthiness.
-fn py_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 /// Python's `==` between JSON values (1 == 1.0 == True).
 fn py_eq(a: &Value, b: &Value) -> bool {
     let num = |v: &Value| match v {
@@ -967,7 +953,7 @@ fn write_repr(v: &Value, out: &mut String) {
         Value::Bool(true) => out.push_str("True"),
         Value::Bool(false) => out.push_str("False"),
         Value::Number(n) => match PyNum::from_json(v) {
-            Some(PyNum::Float(f)) => out.push_str(&py_float_repr(f)),
+            Some(PyNum::Float(f)) => out.push_str(&crate::pyrepr::float_repr(f)),
             Some(PyNum::Int(i)) => out.push_str(&i.to_string()),
             None => out.push_str(&n.to_string()),
         },

@@ -20,7 +20,13 @@
 //! | `<p>:{<pool>}:idem:<uid>:<key>` | hash | Idempotency-Key → prompt id and body hash |
 //! | `<p>:{<pool>}:backends` | hash | backend id → JSON `BackendInfo` published by its worker |
 //! | `<p>:{<pool>}:objinfo:<sha256>` | string | a backend's `/object_info` JSON, content-addressed |
+//! | `<p>:{<pool>}:owners:<pid>` | set | user ids that submitted this prompt id (admins' `/view` of others' outputs) |
 //!
+//! Files (see `outputs.rs`; not used by scripts, so no shared hash tag):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `<p>:nsfw:<uid>` | hash | the user's files flagged NSFW: `<type>/<subfolder>/<filename>` → JSON verdict |
 //!
 //! Accounts (one slot, tag `{accounts}`; see `accounts.rs`):
 //!
@@ -149,6 +155,16 @@ impl Keys {
         format!("{}:objinfo:{}", self.pool_base(pool), sha256)
     }
 
+    /// Users that submitted a prompt id (written by the submit script).
+    pub fn owners(&self, pool: &str, pid: &str) -> String {
+        format!("{}:owners:{}", self.pool_base(pool), pid)
+    }
+
+    /// A user's NSFW-flagged files.
+    pub fn nsfw(&self, uid: &str) -> String {
+        format!("{}:nsfw:{}", self.prefix, uid)
+    }
+
     /// A user's event channel.
     pub fn events(&self, uid: &str) -> String {
         format!("{}:ev:{}", self.prefix, uid)
@@ -262,6 +278,7 @@ mod tests {
             k.idempotency("gpu", "u1", "k"),
             k.backends("gpu"),
             k.object_info("gpu", "abc"),
+            k.owners("gpu", "p1"),
         ] {
             assert!(key.starts_with("cb:{gpu}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");

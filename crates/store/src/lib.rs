@@ -8,6 +8,7 @@ mod accounts;
 mod bus;
 mod error;
 mod jobs;
+mod outputs;
 mod queue;
 mod reclaim;
 mod registry;
@@ -27,6 +28,7 @@ pub use bus::{ControlMessage, ControlSubscriber, EventStream, EventSubscriber, S
 pub use error::StoreError;
 pub use jobs::{JobRecord, JobState};
 pub use keys::Keys;
+pub use outputs::NsfwVerdict;
 pub use queue::{
     Finish, Heartbeat, HistoryWindow, Lease, NewJob, Owner, QueueView, Submitted, TerminalState,
 };

@@ -221,6 +221,7 @@ impl Store {
             .key(k.seq(&job.pool))
             .key(k.running(&job.pool, uid))
             .key(k.idempotency(&job.pool, uid, idem_key))
+            .key(k.owners(&job.pool, &job.prompt_id))
             .arg(uid)
             .arg(&job.owner.username)
             .arg(&job.prompt_id)

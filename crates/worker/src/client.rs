@@ -188,13 +188,14 @@ impl ComfyClient {
         Ok(listed("queue_running") || listed("queue_pending"))
     }
 
-    /// `GET /view` of one file, with the longer transfer timeout.
-    pub(crate) async fn view(
+    /// Opens a file of the backend's `/view` for streaming (large outputs never sit whole in
+    /// memory).
+    pub(crate) async fn view_stream(
         &self,
         filename: &str,
         subfolder: &str,
         kind: &str,
-    ) -> Result<Bytes, BackendError> {
+    ) -> Result<reqwest::Response, BackendError> {
         let resp = self
             .http
             .get(self.url("/view"))
@@ -207,11 +208,9 @@ impl ComfyClient {
             .send()
             .await
             .map_err(unreachable)?;
-        Self::check(resp).await?.bytes().await.map_err(unreachable)
+        Self::check(resp).await
     }
 
-    /// `POST /upload/image` (multipart; images, video and audio alike), overwriting any file of
-    /// that name, with the longer transfer timeout.
     pub(crate) async fn upload(
         &self,
         kind: &str,

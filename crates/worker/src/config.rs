@@ -62,6 +62,29 @@ pub struct WorkerConfig {
     /// as an attempt). Match it with the pod's termination grace period.
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// NSFW classifier run on every output image before its `executed` event is published:
+    /// `none` or `http` (POST the image bytes to `nsfw_url`, read `{"score": f}`).
+    pub nsfw_classifier: NsfwClassifier,
+    /// URL of the HTTP classifier.
+    pub nsfw_url: String,
+    /// Scores at or above this flag the image.
+    pub nsfw_threshold: f64,
+    /// Timeout of one classifier call.
+    #[serde(with = "humantime_serde")]
+    pub nsfw_timeout: Duration,
+    /// When the classifier cannot be reached or answers nonsense: `true` flags the image
+    /// (fail closed), `false` lets it through (fail open).
+    pub nsfw_fail_closed: bool,
+}
+
+/// Which NSFW classifier the worker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsfwClassifier {
+    /// Nothing is classified; previews are never withheld.
+    None,
+    /// An HTTP service.
+    Http,
 }
 
 impl Default for WorkerConfig {
@@ -82,6 +105,11 @@ impl Default for WorkerConfig {
             reconnect_timeout: Duration::from_secs(10),
             max_attempts: 3,
             drain_grace: Duration::from_secs(30),
+            nsfw_classifier: NsfwClassifier::None,
+            nsfw_url: String::new(),
+            nsfw_threshold: 0.5,
+            nsfw_timeout: Duration::from_secs(5),
+            nsfw_fail_closed: false,
         }
     }
 }
@@ -196,6 +224,18 @@ impl WorkerConfig {
         ] {
             if d.is_zero() {
                 return Err(WorkerError::Config(format!("{name} must be > 0")));
+            }
+        }
+        if self.nsfw_classifier == NsfwClassifier::Http {
+            let ok = url::Url::parse(&self.nsfw_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(WorkerError::Config(
+                    "nsfw_url must be an http(s) URL when nsfw_classifier = \"http\"".into(),
+                ));
+            }
+            if self.nsfw_timeout.is_zero() {
+                return Err(WorkerError::Config("nsfw_timeout must be > 0".into()));
             }
         }
         if self.lease_timeout < self.heartbeat_interval * 2 {

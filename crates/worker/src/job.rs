@@ -36,11 +36,36 @@ pub(crate) enum JobEnd {
     Shutdown,
 }
 
+/// Adds `"nsfw": true` to the output items of flagged files (`(type, subfolder, filename)`).
+fn mark_flagged(output: &mut Value, flagged: &[(String, String, String)]) {
+    if flagged.is_empty() {
+        return;
+    }
+    let Some(map) = output.as_object_mut() else {
+        return;
+    };
+    for item in map
+        .values_mut()
+        .filter_map(Value::as_array_mut)
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let id = (field("type"), field("subfolder"), field("filename"));
+        if flagged.contains(&id) {
+            item.insert("nsfw".into(), Value::Bool(true));
+        }
+    }
+}
+
 struct Run {
     lease: Arc<Lease>,
     backend_pid: String,
     trace: JobTrace,
     interrupt_wanted: bool,
+    /// Previews cannot be classified in time: with a classifier configured, an owner with
+    /// `sfw_check` on gets none.
+    withhold_previews: bool,
 }
 
 /// Unregisters the job and stops its heartbeat when the run ends, however it ends.
@@ -130,11 +155,22 @@ impl BackendRunner {
                 .in_current_span(),
             ),
         };
+        let withhold_previews = self.shared.nsfw.enabled() && {
+            match self.shared.store.user_by_id(&lease.user_id).await {
+                Ok(u) => u.is_none_or(|u| u.sfw_check),
+                // When in doubt, the safe answer.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the owner's sfw_check");
+                    true
+                }
+            }
+        };
         let mut run = Run {
             lease,
             backend_pid: protocol::ids::new_prompt_id(),
             trace: JobTrace::default(),
             interrupt_wanted: false,
+            withhold_previews,
         };
         if let Some(end) = self.submit(&mut run).await {
             return end;
@@ -423,7 +459,8 @@ impl BackendRunner {
                 }
                 let mut out = out.clone();
                 let files = rewrite_output_files(&mut out, &run.lease.prompt_id);
-                self.copy_files(run, files).await;
+                let flagged = self.copy_files(run, files).await;
+                mark_flagged(&mut out, &flagged);
                 let display = meta
                     .get(node)
                     .and_then(|m| m.get("display_node"))
@@ -544,7 +581,8 @@ impl BackendRunner {
             "executed" => {
                 if let Some(out) = data.get_mut("output") {
                     let files = rewrite_output_files(out, &run.lease.prompt_id);
-                    self.copy_files(run, files).await;
+                    let flagged = self.copy_files(run, files).await;
+                    mark_flagged(out, &flagged);
                 }
                 run.trace.executed(&data);
             }
@@ -559,7 +597,16 @@ impl BackendRunner {
 
     async fn on_binary(&mut self, run: &mut Run, frame: Bytes) {
         let cid = run.lease.client_id.as_deref();
-        let env = match BinaryFrame::decode(&frame) {
+        let decoded = BinaryFrame::decode(&frame);
+        if run.withhold_previews
+            && matches!(
+                decoded,
+                Ok(BinaryFrame::Preview { .. } | BinaryFrame::PreviewWithMetadata { .. })
+            )
+        {
+            return;
+        }
+        let env = match decoded {
             Ok(BinaryFrame::Text { .. }) => Envelope {
                 target: Target::AllSockets,
                 payload: Payload::Binary(frame),
@@ -635,34 +682,74 @@ impl BackendRunner {
         self.publisher.event(&run.lease, env).await;
     }
 
-    /// Copies output files from the backend into the owner's space in the file store.
-    async fn copy_files(&self, run: &Run, files: Vec<FileRef>) {
+    /// Copies output files from the backend into the owner's space in the file store (streamed;
+    /// images are classified when a classifier is configured, and flagged ones recorded).
+    /// Returns the `(type, rewritten subfolder, filename)` of the flagged files.
+    async fn copy_files(&self, run: &Run, files: Vec<FileRef>) -> Vec<(String, String, String)> {
         let lease = &run.lease;
         let copies = files.into_iter().map(|f| async move {
             let Some(kind) = FileKind::parse(&f.kind) else {
                 tracing::debug!(kind = %f.kind, "output of unknown type not copied");
-                return;
+                return None;
             };
             let sub = rewritten_subfolder(&lease.prompt_id, &f.subfolder);
             let key = match FileKey::new(&lease.user_id, kind, &sub, &f.filename) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(filename = %f.filename, error = %e, "output name not storable");
-                    return;
+                    return None;
                 }
             };
-            match self.client.view(&f.filename, &f.subfolder, &f.kind).await {
-                Ok(bytes) => {
-                    if let Err(e) = self.shared.files.put(&key, bytes).await {
-                        tracing::warn!(filename = %f.filename, error = %e, "storing output failed");
-                    }
-                }
+            let resp = match self.client.view_stream(&f.filename, &f.subfolder, &f.kind).await {
+                Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(filename = %f.filename, error = %e, "fetching output failed")
+                    tracing::warn!(filename = %f.filename, error = %e, "fetching output failed");
+                    return None;
                 }
+            };
+            let ct = files::content_type(&f.filename);
+            if !(self.shared.nsfw.enabled() && ct.starts_with("image/")) {
+                if let Err(e) = self.shared.files.put_stream(&key, resp.bytes_stream()).await {
+                    tracing::warn!(filename = %f.filename, error = %e, "storing output failed");
+                }
+                return None;
             }
+            // An image to classify: held in memory once (images are small), stored, judged.
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(filename = %f.filename, error = %e.without_url(), "fetching output failed");
+                    return None;
+                }
+            };
+            if let Err(e) = self.shared.files.put(&key, bytes.clone()).await {
+                tracing::warn!(filename = %f.filename, error = %e, "storing output failed");
+            }
+            let verdict = self.shared.nsfw.classify(ct, bytes).await?;
+            if !verdict.nsfw {
+                return None;
+            }
+            let record = store::NsfwVerdict {
+                score: verdict.score,
+                source: if verdict.score.is_some() { "classifier" } else { "outage" }.into(),
+                at_ms: crate::translate::now_ms(),
+            };
+            if let Err(e) = self
+                .shared
+                .store
+                .flag_nsfw(&lease.user_id, &key.name_in_space(), &record)
+                .await
+            {
+                tracing::warn!(error = %e, "recording an nsfw verdict failed");
+            }
+            tracing::info!(filename = %f.filename, score = ?verdict.score, "output flagged nsfw");
+            Some((f.kind.clone(), sub, f.filename.clone()))
         });
-        futures::future::join_all(copies).await;
+        futures::future::join_all(copies)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Gives the job back to the queue, or ends it with an error once it used up its

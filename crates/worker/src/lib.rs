@@ -21,6 +21,7 @@ mod config;
 mod control;
 mod error;
 mod job;
+mod nsfw;
 mod publisher;
 mod translate;
 
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{BackendConfig, WorkerConfig};
+pub use config::{BackendConfig, NsfwClassifier, WorkerConfig};
 pub use error::{BackendError, WorkerError};
 
 /// A message to the task running one job.
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub files: FileStore,
     pub config: WorkerConfig,
+    /// The NSFW classifier of output images.
+    pub nsfw: nsfw::Classifier,
     /// The jobs this worker runs, with the channel to their task.
     pub jobs: Mutex<HashMap<JobKey, mpsc::UnboundedSender<JobSignal>>>,
 }
@@ -85,6 +88,28 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner(),
         };
         jobs.remove(key);
+    }
+}
+
+fn files_need_sweeping(files: &FileStore) -> bool {
+    let c = files.config();
+    c.ttl(files::FileKind::Output).is_some() || c.ttl(files::FileKind::Temp).is_some()
+}
+
+/// Deletes files past their TTL every `files.sweep_interval` (several workers sweeping at once
+/// is harmless: deleting a deleted file is not an error).
+async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.files.config().sweep_interval;
+    loop {
+        match shared.files.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired files swept"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired files failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -127,9 +152,11 @@ pub async fn run(
             drain.cancel();
         });
     }
+    let classifier = nsfw::Classifier::new(&config)?;
     let shared = Arc::new(Shared {
         store,
         files,
+        nsfw: classifier,
         config,
         jobs: Mutex::new(HashMap::new()),
     });
@@ -155,6 +182,9 @@ pub async fn run(
             b.pool.clone(),
             token.clone(),
         ));
+    }
+    if files_need_sweeping(&shared.files) {
+        control_tasks.spawn(sweep(shared.clone(), token.clone()));
     }
     let mut backend_tasks = JoinSet::new();
     for (id, b, client) in clients {

@@ -84,23 +84,7 @@ pub(crate) struct FileInput {
     pub annotation: &'static str,
 }
 
-/// Splits a file input value as ComfyUI reads it: an optional `" [input]"`, `" [output]"` or
-/// `" [temp]"` suffix, then `subfolder/filename`.
-pub(crate) fn parse_file_value(value: &str) -> (&'static str, &'static str, String, String) {
-    let (kind, annotation, path) = [
-        ("input", " [input]"),
-        ("output", " [output]"),
-        ("temp", " [temp]"),
-    ]
-    .iter()
-    .find_map(|(k, a)| value.strip_suffix(a).map(|p| (*k, *a, p)))
-    .unwrap_or(("input", "", value));
-    let path = path.trim_start_matches('/');
-    match path.rsplit_once('/') {
-        Some((sub, name)) => (kind, annotation, sub.to_owned(), name.to_owned()),
-        None => (kind, annotation, String::new(), path.to_owned()),
-    }
-}
+pub(crate) use files::parse_file_value;
 
 /// Every input of `prompt` that the catalogue flags as taking an uploaded file and that holds a
 /// file name (not a link).

@@ -5,6 +5,7 @@
 -- KEYS[4] number counter    <p>:{pool}:seq
 -- KEYS[5] running set       <p>:{pool}:running:<uid>
 -- KEYS[6] idempotency hash  <p>:{pool}:idem:<uid>:<key> (declared even when no key was sent)
+-- KEYS[7] owners set        <p>:{pool}:owners:<pid> (who used this prompt id: admins' /view)
 -- ARGV[1] uid  ARGV[2] username  ARGV[3] prompt id  ARGV[4] front ('1'/'0')
 -- ARGV[5] client-chosen number ('' for none)  ARGV[6] queue item tail: ,"<pid>",<prompt>,<extra>,<outputs>]
 -- ARGV[7] client id ('' for none)  ARGV[8] sensitive extra_data JSON ('' for none)
@@ -39,6 +40,7 @@ redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'user', ARGV[2], 'pid', ARGV[3], 'po
   'number', number, 'state', 'pending', 'cid', ARGV[7], 'created', ARGV[11], 'attempts', 0,
   'item', '[' .. number .. ARGV[6], 'reqid', ARGV[14], 'hash', ARGV[9])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'secret', ARGV[8]) end
+redis.call('SADD', KEYS[7], ARGV[1])
 redis.call('ZADD', KEYS[2], score, ARGV[3])
 -- A user's place among users is their best pending job (FIFO by head job; fair share re-scores).
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
