@@ -515,7 +515,11 @@ async fn trace_01_basic_save() {
 #[tokio::test]
 async fn trace_02_cached_rerun() {
     let sim = sim(SimConfig::default()).await;
+    // Trace 01 checks that its job still runs right after the POST: give its nodes work time,
+    // as trace_01_basic_save does (without it, a loaded machine finished the job first).
+    sim.faults().set(slow(30));
     replay(&sim, "01_").await;
+    sim.faults().clear();
     replay(&sim, "02_").await;
     sim.shutdown().await;
 }
