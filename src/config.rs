@@ -128,6 +128,9 @@ impl Config {
         if !c.auth.secret.is_empty() {
             c.auth.secret = "<redacted>".into();
         }
+        if !c.redis.secrets_key.is_empty() {
+            c.redis.secrets_key = "<redacted>".into();
+        }
         if c.accounts.bootstrap_password.is_some() {
             c.accounts.bootstrap_password = Some("<redacted>".into());
         }
@@ -146,6 +149,16 @@ impl Config {
             }
         }
         Ok(toml::to_string_pretty(&c)?)
+    }
+
+    /// The store settings, with `redis.secrets_key` falling back to `auth.secret` so a
+    /// deployment that set one shared secret seals `extra_data` secrets without more set-up.
+    pub fn store_config(&self) -> store::StoreConfig {
+        let mut c = self.redis.clone();
+        if c.secrets_key.is_empty() {
+            c.secrets_key = self.auth.secret.clone();
+        }
+        c
     }
 
     /// Checks needed by processes that verify or mint tokens.

@@ -191,7 +191,7 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
         files_config.dir = data_dir.join("files");
     }
     let files = files::FileStore::from_config(&files_config)?;
-    let store = store::Store::connect(config.redis.clone())
+    let store = store::Store::connect(config.store_config())
         .await
         .context("connecting to Redis")?;
 

@@ -289,7 +289,7 @@ async fn bootstrap(store: &store::Store, config: &Config) -> anyhow::Result<()> 
 }
 
 async fn connect(config: &Config) -> anyhow::Result<store::Store> {
-    store::Store::connect(config.redis.clone())
+    store::Store::connect(config.store_config())
         .await
         .context("connecting to Redis")
 }

@@ -231,6 +231,12 @@ pub(crate) async fn post_prompt(
             sensitive.insert(k.to_owned(), v);
         }
     }
+    if !sensitive.is_empty() && !st.store.can_seal_secrets() {
+        return Err(bad(
+            "secrets_not_accepted",
+            "this server has no redis.secrets_key (or auth.secret) to protect api_key_comfy_org / auth_token_comfy_org; remove them from extra_data or ask the operator to set one",
+        ));
+    }
     if !p.extra_data.contains_key("comfy_usage_source") {
         if let Some(src) = headers
             .get("comfy-usage-source")

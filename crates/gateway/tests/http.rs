@@ -333,6 +333,22 @@ async fn submit_answers_like_comfyui_and_stores_the_job() {
     let r = env.get(&t, "/api/jobs?status=bogus").await;
     assert_eq!(r.status(), 400);
 
+    // In Redis the secret is sealed: no field of the job record holds it in clear.
+    let mut conn = redis::Client::open(env.store.config().url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(env.store.keys().job("default", "u1", &pid))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(raw.iter().any(|(k, _)| k == "secret"));
+    assert!(raw
+        .iter()
+        .all(|(_, v)| !v.contains("secret-key") && !v.contains("api_key_comfy_org")));
+
     // The secret went to the job record's hidden slot, not into any view.
     let lease = env.store.claim("default", "w", "b").await.unwrap().unwrap();
     assert!(lease.sensitive_json.unwrap().contains("secret-key"));

@@ -19,6 +19,12 @@ pub enum StoreError {
     /// A JSON document could not be (de)serialised.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A job carries `extra_data` secrets but no `redis.secrets_key` (or `auth.secret`) is set.
+    #[error("no key configured to seal extra_data secrets")]
+    NoSealKey,
+    /// A sealed secret did not open (another deployment's key, or tampered).
+    #[error("sealed secret: {0}")]
+    Sealed(&'static str),
 }
 
 impl StoreError {

@@ -13,6 +13,7 @@ mod queue;
 mod reclaim;
 mod registry;
 mod scripts;
+mod seal;
 #[cfg(feature = "test-support")]
 pub mod test_redis;
 pub mod workflows;
@@ -48,6 +49,11 @@ pub struct StoreConfig {
     /// Timeout of one Redis command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Key material (any string, 32+ characters advised) that seals the `extra_data` secrets
+    /// (`api_key_comfy_org`, `auth_token_comfy_org`) while a job waits in Redis. Every gateway
+    /// and worker of a deployment needs the same value; when empty the binary uses
+    /// `auth.secret`.
+    pub secrets_key: String,
 }
 
 impl Default for StoreConfig {
@@ -57,6 +63,7 @@ impl Default for StoreConfig {
             key_prefix: "cb".into(),
             history_max_items: 10_000,
             command_timeout: Duration::from_secs(5),
+            secrets_key: String::new(),
         }
     }
 }
@@ -72,6 +79,7 @@ struct Inner {
     conn: ConnectionManager,
     keys: Keys,
     scripts: scripts::Scripts,
+    sealer: seal::Sealer,
     config: StoreConfig,
 }
 
@@ -89,6 +97,7 @@ impl Store {
                 conn,
                 keys: Keys::new(config.key_prefix.clone()),
                 scripts: scripts::Scripts::load(),
+                sealer: seal::Sealer::new(&config.secrets_key),
                 config,
             }),
         })
@@ -102,6 +111,11 @@ impl Store {
     /// The configuration this store was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// True when `extra_data` secrets can be accepted (a sealing key is configured).
+    pub fn can_seal_secrets(&self) -> bool {
+        !self.inner.config.secrets_key.is_empty()
     }
 
     /// A connection for one operation (a cheap clone of the multiplexed connection).

@@ -196,6 +196,22 @@ fn json_string(s: &str) -> String {
 }
 
 impl Store {
+    /// Opens a claimed job's sealed secrets. One that does not open (a key changed while the
+    /// job waited) is dropped with a warning: the job still runs, and the backend node that
+    /// needed the secret reports its own error, rather than the job cycling through reclaims.
+    fn open_secret(&self, uid: &str, pid: &str, sealed: &str) -> Option<String> {
+        if sealed.is_empty() {
+            return None;
+        }
+        match self.inner.sealer.open(uid, pid, sealed) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                tracing::warn!(prompt_id = %pid, error = %e, "extra_data secrets dropped");
+                None
+            }
+        }
+    }
+
     /// Writes the job and queues it in one round trip; `Created` means it is durable in Redis.
     pub async fn submit(&self, job: &NewJob) -> Result<Submitted, StoreError> {
         let k = self.keys();
@@ -210,6 +226,11 @@ impl Store {
         );
         let number = job.number.map(format_number).unwrap_or_default();
         let idem_key = job.idempotency_key.as_deref().unwrap_or("");
+        // Secrets are sealed before they reach Redis (DESIGN.md: never stored in clear).
+        let sealed = match job.sensitive_json.as_deref() {
+            Some(plain) => self.inner.sealer.seal(uid, &job.prompt_id, plain)?,
+            None => String::new(),
+        };
         let mut conn = self.conn();
         let out: Vec<String> = self
             .inner
@@ -229,7 +250,7 @@ impl Store {
             .arg(number)
             .arg(tail)
             .arg(job.client_id.as_deref().unwrap_or(""))
-            .arg(job.sensitive_json.as_deref().unwrap_or(""))
+            .arg(sealed)
             .arg(&job.body_hash)
             .arg(if job.idempotency_key.is_some() {
                 "1"
@@ -300,7 +321,7 @@ impl Store {
                 attempt: attempt.parse().unwrap_or(1),
                 client_id: Some(cid.clone()).filter(|c| !c.is_empty()),
                 item_json: item.clone(),
-                sensitive_json: Some(secret.clone()).filter(|s| !s.is_empty()),
+                sensitive_json: self.open_secret(uid, pid, secret),
                 request_id: Some(reqid.clone()).filter(|r| !r.is_empty()),
             })),
             _ => Err(StoreError::Corrupt {

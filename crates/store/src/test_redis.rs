@@ -128,6 +128,7 @@ impl TestRedis {
         crate::StoreConfig {
             url: self.url.clone(),
             key_prefix: self.prefix.clone(),
+            secrets_key: "test-only extra_data sealing key".into(),
             ..crate::StoreConfig::default()
         }
     }
