@@ -86,6 +86,10 @@ struct Inner {
 impl Store {
     /// Connects (retrying is the connection manager's job after the first success).
     pub async fn connect(config: StoreConfig) -> Result<Self, StoreError> {
+        if config.url.starts_with("rediss:") {
+            // rustls needs a process-wide crypto provider; an Err only means one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = redis::Client::open(config.url.as_str())?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.command_timeout))
