@@ -124,6 +124,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $_ := set $cfg "metrics" (dict "enabled" true "listen" (printf "0.0.0.0:%d" (int $v.metrics.port))) -}}
 {{- end -}}
 {{- $_ := mustMergeOverwrite .out $cfg (deepCopy $v.config) -}}
+{{- include "cb.intify" (dict "m" .out) -}}
 {{- end -}}
 
 {{/* Worker backends of deployment mode, as config entries (a YAML list). */}}
@@ -233,4 +234,31 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
   containerPort: {{ .Values.metrics.port }}
   protocol: TCP
 {{- end }}
+{{- end -}}
+
+{{/* Values files reach templates with every number as float64, and toToml would write
+2097152 as 2097152.0, which integer settings reject. Turns whole floats of the map "m" into
+integers, recursively, in place (the broker reads an integer as a float where it wants one). */}}
+{{- define "cb.intify" -}}
+{{- $m := .m -}}
+{{- range $k, $v := $m -}}
+{{- if kindIs "map" $v -}}
+{{- include "cb.intify" (dict "m" $v) -}}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) -}}
+{{- $_ := set $m $k (int64 $v) -}}
+{{- else if kindIs "slice" $v -}}
+{{- $out := list -}}
+{{- range $v -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- $out = append $out (int64 .) -}}
+{{- else if kindIs "map" . -}}
+{{- include "cb.intify" (dict "m" .) -}}
+{{- $out = append $out . -}}
+{{- else -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $m $k $out -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
