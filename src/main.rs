@@ -56,6 +56,10 @@ enum Command {
         /// `checkpoints/sd15.safetensors`; repeatable), so graphs with loaders validate.
         #[arg(long = "model")]
         models: Vec<String>,
+        /// A node type the node does not have (removed from its `/object_info`; repeatable),
+        /// to simulate backends with different custom nodes.
+        #[arg(long = "hide-node")]
+        hide_nodes: Vec<String>,
     },
     /// Mint tokens.
     Token {
@@ -188,6 +192,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             listen,
             node_time,
             models,
+            hide_nodes,
         } => {
             let mut sim_config = comfy_sim::SimConfig {
                 work_time: node_time.unwrap_or_default(),
@@ -202,6 +207,15 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                     .entry(folder.to_owned())
                     .or_default()
                     .push(name.to_owned());
+            }
+            if !hide_nodes.is_empty() {
+                let mut cat = (*sim_config.catalog).clone();
+                for n in &hide_nodes {
+                    if !cat.remove(n) {
+                        anyhow::bail!("--hide-node {n:?}: no such node type");
+                    }
+                }
+                sim_config.catalog = std::sync::Arc::new(cat);
             }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -74,6 +74,8 @@ pub struct StackOptions {
     pub worker_env: Vec<(String, String)>,
     /// Extra arguments of every simulated backend (e.g. `--model checkpoints/x.safetensors`).
     pub sim_args: Vec<String>,
+    /// Extra arguments of simulated backend `i` (after `sim_args`), e.g. its own model list.
+    pub backend_sim_args: Vec<Vec<String>>,
     /// Extra environment of every process (e.g. `COMFY_BROKER__FILES__OUTPUT_TTL`).
     pub env: Vec<(String, String)>,
     /// Write each gateway's log (at debug level) to `<dir>/gateway<i>.log` instead of stderr.
@@ -161,6 +163,9 @@ impl Stack {
             let mut cmd = Command::new(bin());
             cmd.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
             cmd.args(&opts.sim_args);
+            if let Some(own) = opts.backend_sim_args.get(i) {
+                cmd.args(own);
+            }
             s.env(&mut cmd);
             s.procs.push(Proc {
                 name: format!("sim{i}"),

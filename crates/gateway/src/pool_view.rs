@@ -122,7 +122,20 @@ impl PoolViewCache {
                     cats[0].clone()
                 } else {
                     let owned: Vec<Catalog> = cats.iter().map(|c| (**c).clone()).collect();
-                    Arc::new(Catalog::union(&owned))
+                    let mut union = Catalog::union(&owned);
+                    // A loader's dropdown lists every backend's files, not only the first's
+                    // (which backend has which is checked per backend at submit).
+                    let mut files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                    for c in &cats {
+                        for (folder, list) in c.model_files() {
+                            files.entry(folder).or_default().extend(list);
+                        }
+                    }
+                    for (folder, list) in files {
+                        let list: Vec<String> = list.into_iter().collect();
+                        union.set_model_files(&folder, &list);
+                    }
+                    Arc::new(union)
                 };
                 let json = union.to_json();
                 let mut classes = HashMap::new();
