@@ -44,8 +44,11 @@ impl Capabilities for BackendCaps {
 /// Per-user limit overrides read from the accounts, cached like authentication answers.
 pub(crate) struct UserLimitsCache {
     ttl: Duration,
-    map: Mutex<HashMap<String, (Instant, Option<u32>, Option<u32>)>>,
+    map: Mutex<HashMap<String, CachedLimits>>,
 }
+
+/// When the overrides were read, and the user's `max_queued` and `max_running`.
+type CachedLimits = (Instant, Option<u32>, Option<u32>);
 
 /// Entries kept before the cache is emptied (entries are tiny).
 const CACHE_MAX: usize = 100_000;
@@ -271,7 +274,7 @@ mod tests {
             e.node_errors.get("1").unwrap().errors[0].kind,
             "value_not_in_list"
         );
-        let e = check_capable(&req, prompt, &outs, &[a.clone()]).unwrap_err();
+        let e = check_capable(&req, prompt, &outs, std::slice::from_ref(&a)).unwrap_err();
         assert_eq!(e.error.kind, "invalid_prompt");
         let c = caps(
             &["CheckpointLoaderSimple", "ImageInvert"],
