@@ -423,3 +423,54 @@ async fn two_workers_two_gateways_200_jobs_from_5_users_run_once_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_users_own_limit_set_from_the_command_line_wins_over_the_default() {
+    let stack = Stack::with(StackOptions {
+        gateways: 1,
+        backends: 1,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.sim_faults(0, json!({"work_ms": 300})).await;
+    let out = stack.cli(&["user", "add", "lim", "--role", "user"], "s3cret-pass!\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = stack.cli(&["user", "set-limits", "lim", "--max-queued", "1"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = stack.cli(&["user", "list"], "");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("lim ") && l.contains(" 1 ")),
+        "{listed}"
+    );
+    let r = stack
+        .http
+        .post(format!("{}/login", stack.gateways[0]))
+        .json(&json!({"username": "lim", "password": "s3cret-pass!"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let t = v["jwt_token"].as_str().expect("jwt_token").to_owned();
+    stack.submit(0, &t, &basic("l0")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue_counts(&stack, &t).await != (1, 0) {
+        assert!(Instant::now() < deadline, "first job never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.submit(0, &t, &basic("l1")).await;
+    let (status, body) = stack.post_prompt(0, &t, &basic("l2")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["extra_info"]["max_queued"], 1, "{body}");
+    wait_idle(&stack, &t, 20).await;
+}
