@@ -41,6 +41,9 @@ enum Command {
         /// A ComfyUI backend URL (repeatable; replaces `worker.backends`).
         #[arg(long = "backend")]
         backends: Vec<String>,
+        /// A label `KEY=VALUE` of every `--backend` (repeatable), e.g. `--label tier=premium`.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     /// Gateway + worker + simulated ComfyUI backends in one process, for trying it out.
     Dev(dev::DevArgs),
@@ -170,12 +173,20 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             gw.serve(listener, shutdown::signal()).await?;
             Ok(())
         }
-        Command::Worker { backends } => {
+        Command::Worker { backends, labels } => {
             if !backends.is_empty() {
                 config.worker.backends = backends
                     .into_iter()
                     .map(worker::BackendConfig::new)
                     .collect();
+            }
+            for l in labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    anyhow::bail!("--label must be KEY=VALUE, got {l:?}");
+                };
+                for b in &mut config.worker.backends {
+                    b.labels.insert(k.to_owned(), v.to_owned());
+                }
             }
             anyhow::ensure!(
                 !config.worker.backends.is_empty(),

@@ -474,3 +474,44 @@ async fn a_users_own_limit_set_from_the_command_line_wins_over_the_default() {
     assert_eq!(body["error"]["extra_info"]["max_queued"], 1, "{body}");
     wait_idle(&stack, &t, 20).await;
 }
+
+#[tokio::test]
+async fn a_role_restricted_to_labels_runs_only_on_labelled_backends() {
+    let stack = Stack::with(StackOptions {
+        gateways: 1,
+        backends: 2,
+        workers: vec![vec![0], vec![1]],
+        worker_args: vec![vec!["--label".into(), "tier=premium".into()]],
+        env: vec![(
+            "COMFY_BROKER__GATEWAY__ROLES__POWER__REQUIRE_LABELS__TIER".into(),
+            "premium".into(),
+        )],
+        ..StackOptions::default()
+    })
+    .await;
+    for b in 0..2 {
+        stack.sim_faults(b, json!({"work_ms": 30})).await;
+    }
+    let p = stack.token_with_role("pia", auth::Role::Power);
+    let u = stack.token("ulf");
+    let mut tags = Vec::new();
+    for i in 0..6 {
+        stack.submit(0, &p, &basic(&format!("prem{i}"))).await;
+        stack.submit(0, &u, &basic(&format!("std{i}"))).await;
+        tags.push(format!("prem{i}"));
+        tags.push(format!("std{i}"));
+    }
+    wait_idle(&stack, &p, 30).await;
+    wait_idle(&stack, &u, 30).await;
+    let runs = runs_of(&stack, &tags).await;
+    for (tag, on) in &runs {
+        assert_eq!(on.len(), 1, "{tag} ran {on:?}");
+        if tag.starts_with("prem") {
+            assert_eq!(on, &vec![0], "{tag} ran on an unlabelled backend");
+        }
+    }
+    // The unrestricted user used the other backend too.
+    assert!(runs
+        .iter()
+        .any(|(t, on)| t.starts_with("std") && on == &vec![1]));
+}
