@@ -51,9 +51,16 @@ redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'user', ARGV[2], 'pid', ARGV[3], 'po
   'item', '[' .. number .. ARGV[6], 'reqid', ARGV[14], 'hash', ARGV[9], 'cls', ARGV[20])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'secret', ARGV[8]) end
 redis.call('SADD', KEYS[7], ARGV[1])
-redis.call('HSET', KEYS[8], 'l:' .. ARGV[1], ARGV[19])
-redis.call('HSETNX', KEYS[9], ARGV[20], ARGV[21])
-sched_enqueue(ARGV[17], ARGV[1], ARGV[3], score, ARGV[20])
+-- Writes only what changed (every write is also an AOF/replication entry).
+if redis.call('HGET', KEYS[8], 'l:' .. ARGV[1]) ~= ARGV[19] then
+  redis.call('HSET', KEYS[8], 'l:' .. ARGV[1], ARGV[19])
+end
+redis.call('ZADD', KEYS[2], score, ARGV[3])
+redis.call('ZADD', KEYS[10], score, ARGV[3])
+if redis.call('SADD', KEYS[11], ARGV[20]) == 1 then
+  redis.call('HSETNX', KEYS[9], ARGV[20], ARGV[21])
+end
+sched_join(ARGV[17], ARGV[1])
 if ARGV[10] == '1' then
   redis.call('HSET', KEYS[6], 'pid', ARGV[3], 'hash', ARGV[9], 'number', number)
   redis.call('EXPIRE', KEYS[6], ARGV[16])
