@@ -123,8 +123,9 @@ async fn a_newcomer_gets_the_next_free_backends_and_weights_share_two_to_one() {
         ..StackOptions::default()
     })
     .await;
+    // Slow enough that no job of a's ends between seeing two running and b's submits.
     for b in 0..2 {
-        stack.sim_faults(b, json!({"work_ms": 60})).await;
+        stack.sim_faults(b, json!({"work_ms": 150})).await;
     }
     let s = store_of(&stack).await;
     let a = stack.token("ann");
@@ -153,6 +154,9 @@ async fn a_newcomer_gets_the_next_free_backends_and_weights_share_two_to_one() {
     assert_eq!(&who[..4], ["a", "a", "b", "b"], "start order {who:?}");
 
     // Weights 2:1 (role power has weight 2): both queue 30 jobs, interleaved.
+    for b in 0..2 {
+        stack.sim_faults(b, json!({"work_ms": 40})).await;
+    }
     let p = stack.token_with_role("pat", auth::Role::Power);
     let u = stack.token("uma");
     let mut jobs = Vec::new();

@@ -256,3 +256,42 @@ async fn released_jobs_go_back_to_their_class_and_depth_counts_them() {
     assert_eq!(again.prompt_id, "x0");
     assert_eq!(s.pool_depth("default").await.unwrap().pending, 1);
 }
+
+#[tokio::test]
+async fn jobs_queued_before_routing_existed_still_run() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    // The shape an older release left: a job record, the user's pending zset, and the user in
+    // `ready` scored by its head job's number; no class queues.
+    let client = redis::Client::open(r.store_config().url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let k = s.keys();
+    let _: () = redis::pipe()
+        .hset_multiple(
+            k.job("default", "old", "p-old"),
+            &[
+                ("uid", "old"),
+                ("user", "old"),
+                ("pid", "p-old"),
+                ("number", "4242"),
+                ("state", "pending"),
+                ("attempts", "0"),
+                ("item", "[4242,\"p-old\",{},{},[]]"),
+            ],
+        )
+        .zadd(k.pending("default", "old"), "p-old", 4242)
+        .zadd(k.ready("default"), "old", 4242)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (_, cx) = ckpt_class("x.safetensors");
+    let offer = Offer::Classes(vec![(cx.id.clone(), false)]);
+    let l = s
+        .claim_for("default", "w", "b", &offer)
+        .await
+        .unwrap()
+        .lease
+        .unwrap();
+    assert_eq!(l.prompt_id, "p-old");
+    assert_eq!(s.pool_depth("default").await.unwrap().pending, 0);
+}

@@ -35,9 +35,13 @@ for _ = 1, 8 do
     if (maxr == 0 or running < maxr) and (best == nil or running < best.running) then
       local pick, warm = nil, nil
       local ucls = base .. ':ucls:' .. uid
-      for _, c in ipairs(redis.call('SMEMBERS', ucls)) do
+      local classes = redis.call('SMEMBERS', ucls)
+      if #classes == 0 then classes = sched_adopt(base, uid) end
+      for _, c in ipairs(classes) do
         local isw = offer[c]
-        if any or isw ~= nil then
+        -- Class '0': jobs queued before capability routing existed (validated against the
+        -- pool's union catalogue then); any backend takes them.
+        if any or isw ~= nil or c == '0' then
           local h = redis.call('ZRANGE', base .. ':q:' .. c .. ':' .. uid, 0, 0, 'WITHSCORES')
           if #h == 0 then
             redis.call('SREM', ucls, c)

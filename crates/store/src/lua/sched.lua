@@ -67,3 +67,22 @@ local function sched_status(base, uid, channel)
   redis.call('PUBLISH', channel, 'T*\0\0{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": ' .. remaining .. '}}}}')
 end
 
+-- A ready user without class queues has jobs queued before capability routing existed: index
+-- up to 1000 of them (class '0' unless the job names one) and give the user the current virtual
+-- time instead of its old priority-number score. Returns the user's classes.
+local function sched_adopt(base, uid)
+  local ucls = base .. ':ucls:' .. uid
+  local pending = base .. ':pending:' .. uid
+  local ids = redis.call('ZRANGE', pending, 0, 999, 'WITHSCORES')
+  for i = 1, #ids, 2 do
+    local cls = redis.call('HGET', base .. ':job:' .. uid .. ':' .. ids[i], 'cls') or '0'
+    redis.call('ZADD', base .. ':q:' .. cls .. ':' .. uid, ids[i + 1], ids[i])
+    redis.call('SADD', ucls, cls)
+  end
+  if #ids > 0 and not redis.call('HGET', base .. ':sched', 'v:' .. uid) then
+    redis.call('ZADD', base .. ':ready', tonumber(redis.call('HGET', base .. ':sched', 'now')) or 0, uid)
+  end
+  if #ids == 0 then redis.call('ZREM', base .. ':ready', uid) end
+  return redis.call('SMEMBERS', ucls)
+end
+
