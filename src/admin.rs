@@ -47,6 +47,18 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
+    /// Set a user's own limits (over the role's): `--max-queued` pending jobs, `--max-running`
+    /// jobs at once; a number (0: no limit) or `default` to fall back to the role's.
+    SetLimits {
+        /// User name.
+        name: String,
+        /// Most pending jobs.
+        #[arg(long)]
+        max_queued: Option<String>,
+        /// Most running jobs.
+        #[arg(long)]
+        max_running: Option<String>,
+    },
     /// Delete a user and their API tokens.
     Delete {
         /// User name.
@@ -118,13 +130,20 @@ pub async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::List => {
             println!(
-                "{:<24} {:<7} {:<9} {:<9} id",
-                "name", "role", "disabled", "sfw_check"
+                "{:<24} {:<7} {:<9} {:<9} {:<10} {:<11} id",
+                "name", "role", "disabled", "sfw_check", "max_queued", "max_running"
             );
+            let limit = |v: Option<u32>| v.map_or_else(|| "role".to_owned(), |n| n.to_string());
             for u in store.users().await? {
                 println!(
-                    "{:<24} {:<7} {:<9} {:<9} {}",
-                    u.username, u.role, u.disabled, u.sfw_check, u.id
+                    "{:<24} {:<7} {:<9} {:<9} {:<10} {:<11} {}",
+                    u.username,
+                    u.role,
+                    u.disabled,
+                    u.sfw_check,
+                    limit(u.max_queued),
+                    limit(u.max_running),
+                    u.id
                 );
             }
         }
@@ -136,6 +155,30 @@ pub async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
             let password = read_password(password)?;
             auth::check_new_password(&password).map_err(anyhow::Error::msg)?;
             update(store, &name, &[("hash", auth::hash_password(&password)?)]).await?;
+        }
+        UserCommand::SetLimits {
+            name,
+            max_queued,
+            max_running,
+        } => {
+            let mut fields = Vec::new();
+            for (key, v) in [("max_queued", max_queued), ("max_running", max_running)] {
+                match v.as_deref() {
+                    None => {}
+                    // An empty field reads back as "no override".
+                    Some("default") => fields.push((key, String::new())),
+                    Some(n) => {
+                        let n: u32 = n
+                            .parse()
+                            .map_err(|_| anyhow::anyhow!("--{key}: a number or `default`"))?;
+                        fields.push((key, n.to_string()));
+                    }
+                }
+            }
+            if fields.is_empty() {
+                bail!("give --max-queued and/or --max-running");
+            }
+            update(store, &name, &fields).await?;
         }
         UserCommand::Disable { name } => update(store, &name, &[("disabled", "1".into())]).await?,
         UserCommand::Enable { name } => update(store, &name, &[("disabled", "0".into())]).await?,

@@ -41,6 +41,9 @@ enum Command {
         /// A ComfyUI backend URL (repeatable; replaces `worker.backends`).
         #[arg(long = "backend")]
         backends: Vec<String>,
+        /// A label `KEY=VALUE` of every `--backend` (repeatable), e.g. `--label tier=premium`.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     /// Gateway + worker + simulated ComfyUI backends in one process, for trying it out.
     Dev(dev::DevArgs),
@@ -56,6 +59,10 @@ enum Command {
         /// `checkpoints/sd15.safetensors`; repeatable), so graphs with loaders validate.
         #[arg(long = "model")]
         models: Vec<String>,
+        /// A node type the node does not have (removed from its `/object_info`; repeatable),
+        /// to simulate backends with different custom nodes.
+        #[arg(long = "hide-node")]
+        hide_nodes: Vec<String>,
     },
     /// Mint tokens.
     Token {
@@ -166,12 +173,20 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             gw.serve(listener, shutdown::signal()).await?;
             Ok(())
         }
-        Command::Worker { backends } => {
+        Command::Worker { backends, labels } => {
             if !backends.is_empty() {
                 config.worker.backends = backends
                     .into_iter()
                     .map(worker::BackendConfig::new)
                     .collect();
+            }
+            for l in labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    anyhow::bail!("--label must be KEY=VALUE, got {l:?}");
+                };
+                for b in &mut config.worker.backends {
+                    b.labels.insert(k.to_owned(), v.to_owned());
+                }
             }
             anyhow::ensure!(
                 !config.worker.backends.is_empty(),
@@ -188,6 +203,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             listen,
             node_time,
             models,
+            hide_nodes,
         } => {
             let mut sim_config = comfy_sim::SimConfig {
                 work_time: node_time.unwrap_or_default(),
@@ -202,6 +218,15 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                     .entry(folder.to_owned())
                     .or_default()
                     .push(name.to_owned());
+            }
+            if !hide_nodes.is_empty() {
+                let mut cat = (*sim_config.catalog).clone();
+                for n in &hide_nodes {
+                    if !cat.remove(n) {
+                        anyhow::bail!("--hide-node {n:?}: no such node type");
+                    }
+                }
+                sim_config.catalog = std::sync::Arc::new(cat);
             }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -74,6 +74,10 @@ pub struct StackOptions {
     pub worker_env: Vec<(String, String)>,
     /// Extra arguments of every simulated backend (e.g. `--model checkpoints/x.safetensors`).
     pub sim_args: Vec<String>,
+    /// Extra arguments of worker `i` of `workers` (e.g. `--label tier=premium`).
+    pub worker_args: Vec<Vec<String>>,
+    /// Extra arguments of simulated backend `i` (after `sim_args`), e.g. its own model list.
+    pub backend_sim_args: Vec<Vec<String>>,
     /// Extra environment of every process (e.g. `COMFY_BROKER__FILES__OUTPUT_TTL`).
     pub env: Vec<(String, String)>,
     /// Write each gateway's log (at debug level) to `<dir>/gateway<i>.log` instead of stderr.
@@ -161,6 +165,9 @@ impl Stack {
             let mut cmd = Command::new(bin());
             cmd.args(["sim", "--listen", &format!("127.0.0.1:{port}")]);
             cmd.args(&opts.sim_args);
+            if let Some(own) = opts.backend_sim_args.get(i) {
+                cmd.args(own);
+            }
             s.env(&mut cmd);
             s.procs.push(Proc {
                 name: format!("sim{i}"),
@@ -176,7 +183,8 @@ impl Stack {
                 s.spawn_worker("w1");
             } else {
                 for (i, set) in opts.workers.iter().enumerate() {
-                    s.spawn_worker_for(&format!("w{}", i + 1), set);
+                    let extra = opts.worker_args.get(i).cloned().unwrap_or_default();
+                    s.spawn_worker_with(&format!("w{}", i + 1), set, &extra);
                 }
             }
         }
@@ -232,8 +240,14 @@ impl Stack {
 
     /// Starts a worker process driving the backends with these indexes.
     pub fn spawn_worker_for(&mut self, id: &str, backends: &[usize]) {
+        self.spawn_worker_with(id, backends, &[]);
+    }
+
+    /// Starts a worker process driving these backends, with extra arguments.
+    pub fn spawn_worker_with(&mut self, id: &str, backends: &[usize], extra: &[String]) {
         let mut cmd = Command::new(bin());
         cmd.arg("worker");
+        cmd.args(extra);
         for &b in backends {
             cmd.args(["--backend", &self.backends[b]]);
         }

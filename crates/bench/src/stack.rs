@@ -119,6 +119,8 @@ impl Stack {
                 .env("COMFY_BROKER__AUTH__SECRET", spec.secret)
                 .env("COMFY_BROKER__FILES__DIR", &dir)
                 .env("RUST_LOG", "warn")
+                // The submit run piles up jobs of one user on purpose (the worker is stopped).
+                .env("COMFY_BROKER__GATEWAY__MAX_QUEUED", "0")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true);

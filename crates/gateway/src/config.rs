@@ -1,5 +1,6 @@
 //! The gateway's configuration (section `gateway` of the broker's config file).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,6 +72,30 @@ pub struct GatewayConfig {
     /// Most workflow files one user may keep (the global space has the same limit); a new file
     /// past it is refused with 403.
     pub workflow_max_files: u64,
+    /// Default most pending jobs per user (0: no limit); over it `POST /prompt` answers 429.
+    /// A role (`roles`) or a user (`max_queued` of the users API) may set another.
+    pub max_queued: u32,
+    /// Default most running jobs per user (0: no limit); a user at it waits even when
+    /// backends are idle.
+    pub max_running: u32,
+    /// Scheduling per role (`owner`, `admin`, `power`, `user`, `guest`): `max_queued`,
+    /// `max_running`, `weight` (share of free backends, default 1) and `require_labels`
+    /// (backend labels the role's jobs are restricted to).
+    pub roles: BTreeMap<String, RoleSchedule>,
+}
+
+/// Scheduling settings of one role (every field optional: the gateway-wide default applies).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleSchedule {
+    /// Most pending jobs per user of this role (0: no limit).
+    pub max_queued: Option<u32>,
+    /// Most running jobs per user of this role (0: no limit).
+    pub max_running: Option<u32>,
+    /// Share of free backends relative to other users (default 1; 2 = twice as many).
+    pub weight: Option<f64>,
+    /// Labels a backend must carry to run this role's jobs (e.g. `{tier = "premium"}`).
+    pub require_labels: BTreeMap<String, String>,
 }
 
 impl Default for GatewayConfig {
@@ -97,6 +122,9 @@ impl Default for GatewayConfig {
             drain_delay: Duration::from_secs(0),
             workflow_max_bytes: 10 * 1024 * 1024,
             workflow_max_files: 1000,
+            max_queued: 10_000,
+            max_running: 0,
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -132,6 +160,20 @@ impl GatewayConfig {
                 "gateway.workflow_max_bytes and workflow_max_files must be positive".into(),
             );
         }
+        for (role, r) in &self.roles {
+            if auth::Role::parse(role).is_none() {
+                return Err(format!(
+                    "gateway.roles: unknown role {role:?} (owner, admin, power, user, guest)"
+                ));
+            }
+            if r.weight
+                .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 1000.0))
+            {
+                return Err(format!(
+                    "gateway.roles.{role}.weight must be a number above 0 and at most 1000"
+                ));
+            }
+        }
         if !self.login_path.starts_with('/') {
             return Err("gateway.login_path must start with '/'".into());
         }
@@ -162,6 +204,19 @@ mod tests {
             pools: vec![],
             ..GatewayConfig::default()
         };
+        assert!(bad.validate().is_err());
+        let roles: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "roles": {"power": {"weight": 2.0, "max_running": 3, "require_labels": {"tier": "premium"}}}
+        }))
+        .unwrap();
+        assert!(roles.validate().is_ok());
+        assert_eq!(roles.roles["power"].weight, Some(2.0));
+        let bad: GatewayConfig =
+            serde_json::from_value(serde_json::json!({"roles": {"boss": {}}})).unwrap();
+        assert!(bad.validate().is_err());
+        let bad: GatewayConfig =
+            serde_json::from_value(serde_json::json!({"roles": {"user": {"weight": 0.0}}}))
+                .unwrap();
         assert!(bad.validate().is_err());
     }
 }

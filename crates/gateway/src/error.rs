@@ -52,6 +52,9 @@ pub enum ApiError {
     /// An Idempotency-Key reused with another body.
     #[error("idempotency key reused with a different request")]
     IdempotencyConflict,
+    /// The caller already has this many pending jobs (its `max_queued`): 429.
+    #[error("queue full ({0} pending jobs)")]
+    QueueFull(u32),
     /// Nothing can serve this right now (no catalogue yet, draining, ...).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -183,6 +186,18 @@ impl IntoResponse for ApiError {
                     "Idempotency-Key already used with a different request",
                     "send a new Idempotency-Key for a different request body",
                 ),
+            ),
+            ApiError::QueueFull(limit) => error_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorBody::new(
+                    "queue_full",
+                    format!("Too many queued jobs: the limit max_queued is {limit}"),
+                    format!(
+                        "you already have {limit} pending jobs (max_queued); wait for some to start or cancel some"
+                    ),
+                )
+                .with_extra("limit", "max_queued")
+                .with_extra("max_queued", limit),
             ),
             ApiError::Unavailable(msg) => error_body(
                 StatusCode::SERVICE_UNAVAILABLE,

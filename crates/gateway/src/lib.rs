@@ -27,6 +27,7 @@ mod pool_view;
 mod prompt;
 mod queue;
 mod routes;
+mod sched;
 mod state;
 mod upload;
 mod view;
@@ -42,10 +43,11 @@ pub use crate::auth::{
     AccountsAuthenticator, AuthError, AuthInfo, Authenticator, JwtAuthenticator,
 };
 pub use accounts::{bootstrap_owner, BootstrapError};
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, RoleSchedule};
 pub use error::{ApiError, GatewayError};
 pub use hub::{Hub, HubConfig, HubStats};
 pub use pool_view::{PoolView, PoolViewCache};
+pub use sched::BackendCaps;
 
 use state::AppState;
 
@@ -94,6 +96,7 @@ impl Gateway {
         }
         let refresher = tokio::spawn(pool_view.clone().run(config.catalog_refresh));
         let features = state::features_doc(config.max_request_bytes);
+        let auth_ttl = config.auth_cache_ttl;
         let hub = Hub::start(
             store.clone(),
             HubConfig {
@@ -116,6 +119,7 @@ impl Gateway {
             pool_view,
             hub,
             draining: Default::default(),
+            limits: sched::UserLimitsCache::new(auth_ttl),
             features,
         });
         Ok(Gateway { state, refresher })

@@ -29,6 +29,9 @@ pub struct PoolView {
     pub embeddings: Vec<String>,
     /// `/system_stats` document.
     pub system_stats: Bytes,
+    /// What each registered backend (healthy or not) can run, to check that one backend has
+    /// everything a graph needs.
+    pub backends: Vec<crate::sched::BackendCaps>,
     /// The sorted set of catalogue hashes this view was built from.
     catalog_key: Vec<String>,
 }
@@ -119,7 +122,20 @@ impl PoolViewCache {
                     cats[0].clone()
                 } else {
                     let owned: Vec<Catalog> = cats.iter().map(|c| (**c).clone()).collect();
-                    Arc::new(Catalog::union(&owned))
+                    let mut union = Catalog::union(&owned);
+                    // A loader's dropdown lists every backend's files, not only the first's
+                    // (which backend has which is checked per backend at submit).
+                    let mut files: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                    for c in &cats {
+                        for (folder, list) in c.model_files() {
+                            files.entry(folder).or_default().extend(list);
+                        }
+                    }
+                    for (folder, list) in files {
+                        let list: Vec<String> = list.into_iter().collect();
+                        union.set_model_files(&folder, &list);
+                    }
+                    Arc::new(union)
                 };
                 let json = union.to_json();
                 let mut classes = HashMap::new();
@@ -135,6 +151,21 @@ impl PoolViewCache {
             }
         };
 
+        let caps = backends
+            .iter()
+            .map(|b| crate::sched::BackendCaps {
+                catalog: b
+                    .object_info_sha256
+                    .as_ref()
+                    .and_then(|sha| parsed.get(sha).cloned()),
+                models: b
+                    .models
+                    .iter()
+                    .map(|(f, files)| (f.clone(), files.iter().cloned().collect()))
+                    .collect(),
+                labels: b.labels.clone(),
+            })
+            .collect();
         let mut models: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut embeddings: BTreeSet<String> = BTreeSet::new();
         for b in &backends {
@@ -161,6 +192,7 @@ impl PoolViewCache {
                 .collect(),
             embeddings: embeddings.into_iter().collect(),
             system_stats: Bytes::from(system_stats_doc(&stats_sources).to_string()),
+            backends: caps,
             catalog_key: shas,
         };
         match self.current.write() {

@@ -222,6 +222,17 @@ pub(crate) async fn post_prompt(
     };
     let validated =
         validate::validate(&p.prompt, catalog, &opts).map_err(|e| ApiError::Prompt(Box::new(e)))?;
+    // One backend must be able to run the whole graph (node types, model files, the caller's
+    // labels); which one is decided when a backend claims it.
+    let (limits, labels) = crate::sched::caller_limits(&st, &identity).await?;
+    let req = crate::sched::requirement(&validated.prompt, labels);
+    crate::sched::check_capable(
+        &req,
+        &validated.prompt,
+        &validated.outputs_to_execute,
+        &view.backends,
+    )
+    .map_err(|e| ApiError::Prompt(Box::new(e)))?;
 
     p.extra_data
         .insert("create_time".into(), Value::from(now_ms()));
@@ -270,6 +281,8 @@ pub(crate) async fn post_prompt(
         idempotency_key: idem.map(|k| store::sha256_hex(k.as_bytes())),
         body_hash: store::sha256_hex(&bytes),
         request_id: request_id(&headers),
+        class: store::JobClass::of(&req),
+        limits,
     };
     let node_errors = validated.node_errors.to_json().to_string();
     match st.redis(st.store.submit(&job)).await? {
@@ -282,6 +295,7 @@ pub(crate) async fn post_prompt(
             Ok(answer(&prompt_id, &number, "{}"))
         }
         Submitted::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
+        Submitted::QueueFull { limit } => Err(ApiError::QueueFull(limit)),
     }
 }
 

@@ -31,6 +31,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Set when shutting down: `/readyz` fails.
     pub draining: AtomicBool,
+    /// Per-user limit overrides (cached).
+    pub(crate) limits: crate::sched::UserLimitsCache,
     /// The `/features` document (also the reply to a socket's `feature_flags`).
     pub features: Bytes,
 }

@@ -497,6 +497,12 @@ impl Catalog {
         self.classes.insert(info.name.clone(), Arc::new(info));
     }
 
+    /// Removes one class (a node without some custom node pack); false when it was absent.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.order.retain(|n| n != name);
+        self.classes.remove(name).is_some()
+    }
+
     /// The class named `name`.
     pub fn class(&self, name: &str) -> Option<&ClassInfo> {
         self.classes.get(name).map(|a| a.as_ref())

@@ -91,6 +91,8 @@ pub struct JobRecord {
     pub backend: Option<String>,
     /// Request id of the submit, for following one job through the logs.
     pub request_id: Option<String>,
+    /// Lease id of the latest start: stream ids grow, so they order starts pool-wide.
+    pub claimed: Option<String>,
 }
 
 fn non_empty(map: &HashMap<String, String>, k: &str) -> Option<String> {
@@ -114,6 +116,7 @@ impl JobRecord {
             client_id: non_empty(map, "cid"),
             created_ms: number_of(map, "created").unwrap_or(0),
             started_ms: number_of(map, "started"),
+            claimed: map.get("claimed").filter(|v| !v.is_empty()).cloned(),
             ended_ms: number_of(map, "ended"),
             attempts: number_of(map, "attempts").unwrap_or(0).max(0) as u32,
             item_json: map.get("item")?.clone(),

@@ -9,7 +9,11 @@
 //! | `<p>:{<pool>}:seq` | string | counter behind each job's `number` |
 //! | `<p>:{<pool>}:job:<uid>:<pid>` | hash | the job record (see `jobs::fields`) |
 //! | `<p>:{<pool>}:pending:<uid>` | zset | the user's pending prompt ids, scored by priority |
-//! | `<p>:{<pool>}:ready` | zset | users with pending work, scored by their next job's priority |
+//! | `<p>:{<pool>}:ready` | zset | users with pending work, scored by virtual time (fair share) |
+//! | `<p>:{<pool>}:q:<class>:<uid>` | zset | the user's pending prompt ids of one capability class, by priority |
+//! | `<p>:{<pool>}:ucls:<uid>` | set | capability classes in which the user has pending jobs |
+//! | `<p>:{<pool>}:sched` | hash | `v:<uid>` virtual time, `l:<uid>` `<max_running> <weight>`, `now` latest start tag |
+//! | `<p>:{<pool>}:classes` | hash | capability class id → requirement JSON (`sched::Requirement`) |
 //! | `<p>:{<pool>}:running:<uid>` | set | the user's running prompt ids |
 //! | `<p>:{<pool>}:runners` | zset | `<uid>:<pid>` of every running job, scored by start time |
 //! | `<p>:{<pool>}:leases` | stream | one entry per attempt; the consumer group's pending list is the set of leases |
@@ -103,6 +107,26 @@ impl Keys {
     /// Users with pending work.
     pub fn ready(&self, pool: &str) -> String {
         format!("{}:ready", self.pool_base(pool))
+    }
+
+    /// A user's pending jobs of one capability class.
+    pub fn class_queue(&self, pool: &str, class: &str, uid: &str) -> String {
+        format!("{}:q:{}:{}", self.pool_base(pool), class, uid)
+    }
+
+    /// Capability classes in which a user has pending jobs.
+    pub fn user_classes(&self, pool: &str, uid: &str) -> String {
+        format!("{}:ucls:{}", self.pool_base(pool), uid)
+    }
+
+    /// Scheduler state of a pool: virtual times, limits and weights.
+    pub fn sched(&self, pool: &str) -> String {
+        format!("{}:sched", self.pool_base(pool))
+    }
+
+    /// Capability classes of a pool.
+    pub fn classes(&self, pool: &str) -> String {
+        format!("{}:classes", self.pool_base(pool))
     }
 
     /// A user's running jobs.
@@ -268,6 +292,10 @@ mod tests {
             k.job("gpu", "u1", "p1"),
             k.pending("gpu", "u1"),
             k.ready("gpu"),
+            k.class_queue("gpu", "c1", "u1"),
+            k.user_classes("gpu", "u1"),
+            k.sched("gpu"),
+            k.classes("gpu"),
             k.running("gpu", "u1"),
             k.runners("gpu"),
             k.leases("gpu"),

@@ -12,6 +12,7 @@ mod outputs;
 mod queue;
 mod reclaim;
 mod registry;
+mod sched;
 mod scripts;
 mod seal;
 #[cfg(feature = "test-support")]
@@ -35,6 +36,7 @@ pub use queue::{
 };
 pub use reclaim::{DeadLetter, Reclaimed};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
+pub use sched::{Capabilities, Claimed, JobClass, Limits, Offer, PoolDepth, Requirement};
 
 /// How to reach Redis and how much to keep there.
 #[derive(Debug, Clone, Serialize, Deserialize)]

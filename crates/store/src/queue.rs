@@ -7,6 +7,7 @@ use redis::AsyncCommands;
 
 use crate::jobs::{JobRecord, JobState};
 use crate::keys::LEASE_GROUP;
+use crate::sched::{Claimed, JobClass, Limits, Offer, CLAIM_SCAN};
 use crate::{Store, StoreError};
 
 /// Current time in ms since the epoch.
@@ -60,6 +61,10 @@ pub struct NewJob {
     pub body_hash: String,
     /// Request id for tracing.
     pub request_id: Option<String>,
+    /// What the job needs from a backend.
+    pub class: JobClass,
+    /// The owner's limits and weight.
+    pub limits: Limits,
 }
 
 /// Outcome of [`Store::submit`].
@@ -81,6 +86,11 @@ pub enum Submitted {
     },
     /// The Idempotency-Key was used before with a different body.
     IdempotencyConflict,
+    /// The owner already has `limit` pending jobs: nothing was queued.
+    QueueFull {
+        /// The owner's `max_queued`.
+        limit: u32,
+    },
 }
 
 /// A worker's claim on one attempt of one job.
@@ -243,6 +253,10 @@ impl Store {
             .key(k.running(&job.pool, uid))
             .key(k.idempotency(&job.pool, uid, idem_key))
             .key(k.owners(&job.pool, &job.prompt_id))
+            .key(k.sched(&job.pool))
+            .key(k.classes(&job.pool))
+            .key(k.class_queue(&job.pool, &job.class.id, uid))
+            .key(k.user_classes(&job.pool, uid))
             .arg(uid)
             .arg(&job.owner.username)
             .arg(&job.prompt_id)
@@ -263,6 +277,19 @@ impl Store {
             .arg(job.request_id.as_deref().unwrap_or(""))
             .arg(&job.pool)
             .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(k.pool_base(&job.pool))
+            .arg(job.limits.max_queued)
+            .arg(format!(
+                "{} {}",
+                job.limits.max_running,
+                if job.limits.weight.is_finite() && job.limits.weight > 0.0 {
+                    job.limits.weight
+                } else {
+                    1.0
+                }
+            ))
+            .arg(&job.class.id)
+            .arg(&job.class.requirement_json)
             .invoke_async(&mut conn)
             .await?;
         match out.as_slice() {
@@ -275,6 +302,9 @@ impl Store {
                 number: number.clone(),
             }),
             [tag, ..] if tag == "conflict" => Ok(Submitted::IdempotencyConflict),
+            [tag, _, limit] if tag == "full" => Ok(Submitted::QueueFull {
+                limit: limit.parse().unwrap_or(0),
+            }),
             _ => Err(StoreError::Corrupt {
                 key: k.job(&job.pool, uid, &job.prompt_id),
                 reason: format!("unexpected submit answer {out:?}"),
@@ -282,24 +312,39 @@ impl Store {
         }
     }
 
-    /// The next job for this backend (fair across users, front jobs first), leased to
-    /// `consumer`; `None` when nothing is pending.
+    /// The next job of any class (fair across users, front jobs first), leased to
+    /// `consumer`; `None` when nothing is pending. Workers use [`Store::claim_for`].
     pub async fn claim(
         &self,
         pool: &str,
         worker_id: &str,
         backend_id: &str,
     ) -> Result<Option<Lease>, StoreError> {
+        Ok(self
+            .claim_for(pool, worker_id, backend_id, &Offer::Any)
+            .await?
+            .lease)
+    }
+
+    /// The next job this backend can run (`offer`): users in weighted fair-share order, those
+    /// at their running limit skipped; within a user front jobs first, then arrival order,
+    /// preferring a warm class. One round trip.
+    pub async fn claim_for(
+        &self,
+        pool: &str,
+        worker_id: &str,
+        backend_id: &str,
+        offer: &Offer,
+    ) -> Result<Claimed, StoreError> {
         let k = self.keys();
         let consumer = format!("{worker_id}/{backend_id}");
-        let mut conn = self.conn();
-        let out: Option<Vec<String>> = self
-            .inner
-            .scripts
-            .claim
-            .key(k.ready(pool))
+        let script = &self.inner.scripts.claim;
+        let mut inv = script.prepare_invoke();
+        inv.key(k.ready(pool))
             .key(k.leases(pool))
             .key(k.runners(pool))
+            .key(k.sched(pool))
+            .key(k.classes(pool))
             .arg(k.pool_base(pool))
             .arg(&consumer)
             .arg(now_ms())
@@ -307,23 +352,54 @@ impl Store {
             .arg(worker_id)
             .arg(backend_id)
             .arg(LEASE_GROUP)
-            .invoke_async(&mut conn)
-            .await?;
-        let Some(out) = out else { return Ok(None) };
+            .arg(CLAIM_SCAN);
+        match offer {
+            Offer::Any => {
+                inv.arg("*");
+            }
+            Offer::Classes(classes) => {
+                if classes.is_empty() {
+                    // Nothing this backend can run; still learn how many classes exist.
+                    let mut conn = self.conn();
+                    let known: u64 = conn.hlen(k.classes(pool)).await?;
+                    return Ok(Claimed {
+                        lease: None,
+                        class: None,
+                        known_classes: known,
+                    });
+                }
+                for (c, warm) in classes {
+                    inv.arg(format!("{}{c}", if *warm { 'w' } else { 'c' }));
+                }
+            }
+        }
+        let mut conn = self.conn();
+        let out: Vec<String> = inv.invoke_async(&mut conn).await?;
         match out.as_slice() {
-            [lease_id, uid, pid, attempt, user, cid, item, secret, reqid] => Ok(Some(Lease {
-                pool: pool.to_owned(),
-                lease_id: lease_id.clone(),
-                consumer,
-                user_id: uid.clone(),
-                username: user.clone(),
-                prompt_id: pid.clone(),
-                attempt: attempt.parse().unwrap_or(1),
-                client_id: Some(cid.clone()).filter(|c| !c.is_empty()),
-                item_json: item.clone(),
-                sensitive_json: self.open_secret(uid, pid, secret),
-                request_id: Some(reqid.clone()).filter(|r| !r.is_empty()),
-            })),
+            [known] => Ok(Claimed {
+                lease: None,
+                class: None,
+                known_classes: known.parse().unwrap_or(0),
+            }),
+            [lease_id, uid, pid, attempt, user, cid, item, secret, reqid, class, known] => {
+                Ok(Claimed {
+                    lease: Some(Lease {
+                        pool: pool.to_owned(),
+                        lease_id: lease_id.clone(),
+                        consumer,
+                        user_id: uid.clone(),
+                        username: user.clone(),
+                        prompt_id: pid.clone(),
+                        attempt: attempt.parse().unwrap_or(1),
+                        client_id: Some(cid.clone()).filter(|c| !c.is_empty()),
+                        item_json: item.clone(),
+                        sensitive_json: self.open_secret(uid, pid, secret),
+                        request_id: Some(reqid.clone()).filter(|r| !r.is_empty()),
+                    }),
+                    class: Some(class.clone()),
+                    known_classes: known.parse().unwrap_or(0),
+                })
+            }
             _ => Err(StoreError::Corrupt {
                 key: k.leases(pool),
                 reason: format!("unexpected claim answer of {} fields", out.len()),
@@ -394,6 +470,7 @@ impl Store {
             .arg(LEASE_GROUP)
             .arg(k.wake(pool))
             .arg(if counts_as_attempt { "1" } else { "0" })
+            .arg(k.pool_base(pool))
             .invoke_async(&mut conn)
             .await?;
         Ok(done == 1)

@@ -1,4 +1,5 @@
 //! The Lua scripts of `src/lua/`, loaded once (EVALSHA with automatic fallback to EVAL).
+//! The queue scripts start with `sched.lua`, the scheduling helpers they share.
 
 use redis::Script;
 
@@ -19,14 +20,32 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn load() -> Self {
         Scripts {
-            submit: Script::new(include_str!("lua/submit.lua")),
-            claim: Script::new(include_str!("lua/claim.lua")),
+            submit: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/submit.lua")
+            )),
+            claim: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/claim.lua")
+            )),
             finish: Script::new(include_str!("lua/finish.lua")),
-            cancel: Script::new(include_str!("lua/cancel.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
+            cancel: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/cancel.lua")
+            )),
+            release: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/release.lua")
+            )),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-            reclaim: Script::new(include_str!("lua/reclaim.lua")),
-            retry: Script::new(include_str!("lua/retry.lua")),
+            reclaim: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/reclaim.lua")
+            )),
+            retry: Script::new(concat!(
+                include_str!("lua/sched.lua"),
+                include_str!("lua/retry.lua")
+            )),
             wf_put: Script::new(include_str!("lua/wf_put.lua")),
             wf_move: Script::new(include_str!("lua/wf_move.lua")),
         }

@@ -25,6 +25,8 @@ fn job(uid: &str, pid: &str, front: bool) -> NewJob {
         idempotency_key: None,
         body_hash: "h".into(),
         request_id: None,
+        class: Default::default(),
+        limits: Default::default(),
     }
 }
 

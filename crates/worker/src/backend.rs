@@ -17,6 +17,7 @@ use crate::client::{BackendWs, ComfyClient};
 use crate::error::BackendError;
 use crate::job::JobEnd;
 use crate::publisher::Publisher;
+use crate::routing::Router;
 use crate::{BackendConfig, Shared};
 
 /// A change to what the registry shows about a backend.
@@ -56,6 +57,10 @@ pub(crate) struct BackendRunner {
     /// The backend failed a job: wait one health interval before trusting it again, so the
     /// job it gave back goes to another backend rather than failing here again at once.
     cooldown: bool,
+    /// The backend's model files by folder (as its `/models` lists them).
+    models: BTreeMap<String, Vec<String>>,
+    /// Which capability classes it can run.
+    router: Router,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -114,6 +119,8 @@ impl BackendRunner {
             registry_task: Some(registry_task),
             awaiting_pong: false,
             cooldown: false,
+            models: BTreeMap::new(),
+            router: Router::default(),
         }
     }
 
@@ -201,10 +208,12 @@ impl BackendRunner {
             },
         ))
         .await;
-        let models = lists
+        let models: BTreeMap<String, Vec<String>> = lists
             .into_iter()
             .filter_map(|(f, r)| r.ok().map(|l| (f, l)))
             .collect();
+        self.models = models.clone();
+        self.router.invalidate();
         let embeddings: Vec<String> = self
             .client
             .get_json("/embeddings")
@@ -253,6 +262,37 @@ impl BackendRunner {
         true
     }
 
+    /// The next job this backend can run. The store says how many capability classes the pool
+    /// knows; when that changed, the classes are re-read and the claim tried once more.
+    async fn claim_next(&mut self, pool: &str) -> Result<Option<store::Lease>, store::StoreError> {
+        for _ in 0..2 {
+            let offer = self
+                .router
+                .offer(self.catalog.as_deref(), &self.models, &self.cfg.labels);
+            let claimed = self
+                .shared
+                .store
+                .claim_for(pool, &self.shared.config.id, &self.id, &offer)
+                .await?;
+            let stale = self.router.is_stale(claimed.known_classes);
+            if stale {
+                self.router
+                    .refresh(&self.shared.store, pool, claimed.known_classes)
+                    .await?;
+            }
+            if let Some(lease) = claimed.lease {
+                if let Some(class) = &claimed.class {
+                    self.router.ran(class);
+                }
+                return Ok(Some(lease));
+            }
+            if !stale {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// Claims and runs jobs while connected; returns when the backend needs reconnecting or
     /// on shutdown.
     async fn serve(&mut self) {
@@ -266,12 +306,7 @@ impl BackendRunner {
             }
             self.wake.borrow_and_update();
             let pool = self.cfg.pool.clone();
-            match self
-                .shared
-                .store
-                .claim(&pool, &self.shared.config.id, &self.id)
-                .await
-            {
+            match self.claim_next(&pool).await {
                 Ok(Some(lease)) => {
                     self.set_state(BackendState::Busy);
                     match self.run_job(lease).await {

@@ -23,6 +23,7 @@ mod error;
 mod job;
 mod nsfw;
 mod publisher;
+mod routing;
 mod translate;
 
 use std::collections::{BTreeMap, HashMap};

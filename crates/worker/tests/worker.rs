@@ -100,6 +100,8 @@ fn new_job(uid: &str, cid: Option<&str>, prompt: &Value, outputs: &[&str]) -> Ne
         idempotency_key: None,
         body_hash: "h".into(),
         request_id: Some(format!("req-{uid}")),
+        class: Default::default(),
+        limits: Default::default(),
     }
 }
 

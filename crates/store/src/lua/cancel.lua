@@ -1,4 +1,5 @@
--- cancel.lua: remove a user's pending jobs (by id, or all of them); running jobs are untouched.
+-- cancel.lua: remove a user's pending jobs (by id, or all of them); running jobs are untouched
+-- (after sched.lua).
 -- KEYS[1] pending zset  <p>:{pool}:pending:<uid>
 -- KEYS[2] ready zset    <p>:{pool}:ready
 -- KEYS[3] running set   <p>:{pool}:running:<uid>
@@ -13,18 +14,14 @@ else
 end
 local removed = {}
 for _, pid in ipairs(ids) do
-  if redis.call('ZREM', KEYS[1], pid) == 1 then
+  if redis.call('ZSCORE', KEYS[1], pid) then
     local job = ARGV[1] .. ':job:' .. ARGV[2] .. ':' .. pid
+    sched_dequeue(ARGV[1], ARGV[2], pid, redis.call('HGET', job, 'cls') or '0')
     redis.call('HSET', job, 'state', 'cancelled', 'ended', ARGV[3])
     redis.call('HDEL', job, 'secret')
     redis.call('EXPIRE', job, ARGV[5])
     removed[#removed + 1] = pid
   end
 end
-if #removed > 0 then
-  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if #head == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) else redis.call('ZADD', KEYS[2], head[2], ARGV[2]) end
-  local remaining = redis.call('ZCARD', KEYS[1]) + redis.call('SCARD', KEYS[3])
-  redis.call('PUBLISH', ARGV[4], 'T*\0\0{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": ' .. remaining .. '}}}}')
-end
+if #removed > 0 then sched_status(ARGV[1], ARGV[2], ARGV[4]) end
 return removed

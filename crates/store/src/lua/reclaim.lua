@@ -10,6 +10,7 @@
 -- ARGV[1] pool base  ARGV[2] consumer group  ARGV[3] reclaiming consumer  ARGV[4] min idle (ms)
 -- ARGV[5] max attempts  ARGV[6] now (ms)  ARGV[7] event channel prefix  ARGV[8] wake channel
 -- ARGV[9] history cap  ARGV[10] how many leases to look at
+-- Runs after sched.lua.
 -- Returns {requeued, dead} counts.
 local base = ARGV[1]
 local ok, res = pcall(redis.call, 'XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], ARGV[4], '0-0', 'COUNT', ARGV[10])
@@ -29,19 +30,16 @@ for _, entry in ipairs(res[2]) do
     local sep = string.find(ref, ':', 1, true)
     local uid, pid = string.sub(ref, 1, sep - 1), string.sub(ref, sep + 1)
     local job = base .. ':job:' .. uid .. ':' .. pid
-    local cur = redis.call('HMGET', job, 'lease', 'state', 'attempts', 'number', 'cid', 'item', 'started')
+    local cur = redis.call('HMGET', job, 'lease', 'state', 'attempts', 'number', 'cid', 'item', 'started', 'cls')
     -- Only the lease that still owns a running job matters; anything else is a leftover.
     if cur[1] == id and cur[2] == 'running' then
       local running = base .. ':running:' .. uid
-      local pending = base .. ':pending:' .. uid
       redis.call('SREM', running, pid)
       redis.call('ZREM', KEYS[3], uid .. ':' .. pid)
       local attempts = tonumber(cur[3]) or 0
       if attempts < tonumber(ARGV[5]) then
         redis.call('HSET', job, 'state', 'pending', 'lease', '', 'worker', '', 'backend', '', 'node', '')
-        redis.call('ZADD', pending, tonumber(cur[4]) or 0, pid)
-        local head = redis.call('ZRANGE', pending, 0, 0, 'WITHSCORES')
-        redis.call('ZADD', KEYS[2], head[2], uid)
+        sched_enqueue(base, uid, pid, tonumber(cur[4]) or 0, cur[8] or '0')
         requeued = requeued + 1
       else
         local reason = 'The job was lost ' .. attempts .. ' times (its worker or backend stopped answering); it will not be retried.'
