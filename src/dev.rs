@@ -90,6 +90,11 @@ async fn dev_owner(store: &store::Store, dir: &Path) -> anyhow::Result<(String, 
         }
     };
     if let Some(u) = store.user(DEV_USER).await? {
+        // The user may come from an earlier run with another data dir (a shared Redis): make
+        // the password printed below the one that works.
+        store
+            .update_user(DEV_USER, &[("hash", auth::hash_password(&password)?)])
+            .await?;
         return Ok((u.id, password));
     }
     let created = store

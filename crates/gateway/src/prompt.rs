@@ -225,7 +225,7 @@ pub(crate) async fn post_prompt(
     // One backend must be able to run the whole graph (node types, model files, the caller's
     // labels); which one is decided when a backend claims it.
     let (limits, labels) = crate::sched::caller_limits(&st, &identity).await?;
-    let req = crate::sched::requirement(&validated.prompt, labels);
+    let req = crate::sched::requirement(&validated.prompt, &validated.outputs_to_execute, labels);
     crate::sched::check_capable(
         &req,
         &validated.prompt,

@@ -115,10 +115,13 @@ fn resolve(
     (limits, r.require_labels)
 }
 
-/// What a graph needs from a backend: its node types, the model files its loader inputs name,
-/// and the labels its owner is restricted to.
+/// What a graph needs from a backend: every node type it names (ComfyUI refuses a graph with an
+/// unknown class anywhere), the model files of the loaders that will execute (those the outputs
+/// depend on: ComfyUI neither validates nor runs the inputs of a node no output reaches), and
+/// the labels its owner is restricted to.
 pub(crate) fn requirement(
     prompt: &Map<String, Value>,
+    outputs: &[String],
     labels: BTreeMap<String, String>,
 ) -> Requirement {
     let mut req = Requirement {
@@ -126,10 +129,11 @@ pub(crate) fn requirement(
         ..Requirement::default()
     };
     for node in prompt.values() {
-        let Some(ct) = node.get("class_type").and_then(Value::as_str) else {
-            continue;
-        };
-        req.nodes.insert(ct.to_owned());
+        if let Some(ct) = node.get("class_type").and_then(Value::as_str) {
+            req.nodes.insert(ct.to_owned());
+        }
+    }
+    for node in executed_nodes(prompt, outputs) {
         let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
             continue;
         };
@@ -143,6 +147,31 @@ pub(crate) fn requirement(
         }
     }
     req
+}
+
+/// The nodes `outputs` depend on, outputs included (links are `[node id, output index]`).
+fn executed_nodes<'a>(prompt: &'a Map<String, Value>, outputs: &[String]) -> Vec<&'a Value> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut todo: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let mut nodes = Vec::new();
+    while let Some(id) = todo.pop() {
+        let Some((key, node)) = prompt.get_key_value(id) else {
+            continue;
+        };
+        if !seen.insert(key.as_str()) {
+            continue;
+        }
+        nodes.push(node);
+        let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
+            continue;
+        };
+        for v in inputs.values() {
+            if let Some([Value::String(src), _]) = v.as_array().map(Vec::as_slice) {
+                todo.push(src);
+            }
+        }
+    }
+    nodes
 }
 
 /// `Ok` when some registered backend (healthy or not) can run every job of `req`; otherwise
@@ -256,13 +285,13 @@ mod tests {
     fn one_backend_must_have_everything() {
         let prompt = json!({
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
-            "2": {"class_type": "ImageInvert", "inputs": {}}
+            "2": {"class_type": "ImageInvert", "inputs": {"model": ["1", 0]}}
         });
         let prompt = prompt.as_object().unwrap();
-        let req = requirement(prompt, BTreeMap::new());
+        let outs = vec!["2".to_owned()];
+        let req = requirement(prompt, &outs, BTreeMap::new());
         assert_eq!(req.nodes.len(), 2);
         assert_eq!(req.checkpoint(), Some("x.safetensors"));
-        let outs = vec!["2".to_owned()];
         let a = caps(&["CheckpointLoaderSimple"], &["x.safetensors"]);
         let b = caps(
             &["CheckpointLoaderSimple", "ImageInvert"],
@@ -281,6 +310,21 @@ mod tests {
             &["x.safetensors"],
         );
         assert!(check_capable(&req, prompt, &outs, &[a, b, c]).is_ok());
+    }
+
+    #[test]
+    fn loaders_no_output_reaches_need_no_model() {
+        // ComfyUI neither validates nor runs a loader that no output depends on.
+        let prompt = json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nope.safetensors"}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 8}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}
+        });
+        let prompt = prompt.as_object().unwrap();
+        let req = requirement(prompt, &["3".to_owned()], BTreeMap::new());
+        assert_eq!(req.nodes.len(), 3);
+        assert_eq!(req.checkpoint(), None);
+        assert!(req.models.is_empty());
     }
 
     #[test]
