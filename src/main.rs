@@ -6,6 +6,7 @@ mod config;
 mod dev;
 mod logging;
 mod shutdown;
+mod telemetry;
 mod workflows_cmd;
 
 use std::net::SocketAddr;
@@ -158,6 +159,9 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             let files = files::FileStore::from_config(&config.files)?;
             let jwt = auth::JwtKeys::new(config.auth.clone())?;
             bootstrap(&store, &config).await?;
+            let _metrics =
+                telemetry::start(&config.metrics, &store, Some(config.gateway.pools.clone()))
+                    .await?;
             let listener = tokio::net::TcpListener::bind(config.gateway.listen)
                 .await
                 .with_context(|| format!("binding {}", config.gateway.listen))?;
@@ -179,6 +183,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             );
             let store = connect(&config).await?;
             let files = files::FileStore::from_config(&config.files)?;
+            let _metrics = telemetry::start(&config.metrics, &store, None).await?;
             worker::run(store, files, config.worker.clone(), shutdown::signal()).await?;
             Ok(())
         }

@@ -119,6 +119,8 @@ impl Stack {
                 .env("COMFY_BROKER__AUTH__SECRET", spec.secret)
                 .env("COMFY_BROKER__FILES__DIR", &dir)
                 .env("RUST_LOG", "warn")
+                // Two processes on one machine: not both on the default metrics port.
+                .env("COMFY_BROKER__METRICS__LISTEN", "127.0.0.1:0")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true);

@@ -13,6 +13,7 @@ mod queue;
 mod reclaim;
 mod registry;
 mod scripts;
+mod stats;
 #[cfg(feature = "test-support")]
 pub mod test_redis;
 pub mod workflows;
@@ -34,6 +35,7 @@ pub use queue::{
 };
 pub use reclaim::{DeadLetter, Reclaimed};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
+pub use stats::QueueStats;
 
 /// How to reach Redis and how much to keep there.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{BackendWs, ComfyClient};
 use crate::error::BackendError;
 use crate::job::JobEnd;
+use crate::metrics::BackendMetrics;
 use crate::publisher::Publisher;
 use crate::{BackendConfig, Shared};
 
@@ -56,6 +57,8 @@ pub(crate) struct BackendRunner {
     /// The backend failed a job: wait one health interval before trusting it again, so the
     /// job it gave back goes to another backend rather than failing here again at once.
     cooldown: bool,
+    /// This backend's metric handles.
+    pub(crate) metrics: Arc<BackendMetrics>,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -75,7 +78,9 @@ impl BackendRunner {
         shutdown: CancellationToken,
         drain: CancellationToken,
     ) -> Self {
-        let publisher = Publisher::spawn(shared.store.clone());
+        let metrics = Arc::new(BackendMetrics::new(&cfg.pool, &id));
+        metrics.state(BackendState::Unhealthy);
+        let publisher = Publisher::spawn(shared.store.clone(), metrics.published.clone());
         let info = BackendInfo {
             id: id.clone(),
             pool: cfg.pool.clone(),
@@ -114,6 +119,7 @@ impl BackendRunner {
             registry_task: Some(registry_task),
             awaiting_pong: false,
             cooldown: false,
+            metrics,
         }
     }
 
@@ -125,6 +131,7 @@ impl BackendRunner {
                 tracing::info!(backend = %self.id, "backend healthy");
             }
             self.state = Some(state);
+            self.metrics.state(state);
             let _ = self.reg.send(RegUpdate::State(state));
         }
     }
@@ -160,6 +167,7 @@ impl BackendRunner {
             let _ = ws.close(None).await;
         }
         // Closing the registry channel marks the backend unhealthy in the registry.
+        self.metrics.state(BackendState::Unhealthy);
         let (closed, _) = mpsc::unbounded_channel();
         self.reg = closed;
         if let Some(task) = self.registry_task.take() {
@@ -277,6 +285,7 @@ impl BackendRunner {
                     match self.run_job(lease).await {
                         JobEnd::Done => {
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            self.metrics.jobs.increment(1);
                             if self.ws.is_none() {
                                 // Reconnect (and health-check) before the next claim.
                                 return;
@@ -286,6 +295,7 @@ impl BackendRunner {
                         }
                         JobEnd::BackendDown => {
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            self.metrics.jobs.increment(1);
                             self.ws = None;
                             self.cooldown = true;
                             self.set_state(BackendState::Unhealthy);
@@ -296,6 +306,7 @@ impl BackendRunner {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    crate::metrics::redis_error();
                     tracing::warn!(backend = %self.id, error = %e, "claim failed");
                 }
             }
@@ -401,7 +412,10 @@ async fn registry(
             .await
         {
             Ok(()) => pending_doc = None,
-            Err(e) => tracing::warn!(backend = %info.id, error = %e, "registry publish failed"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::warn!(backend = %info.id, error = %e, "registry publish failed")
+            }
         }
     }
     // Marked unhealthy, not removed: gateways keep validating against its catalogue while
