@@ -79,6 +79,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = builder()?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    gateway::metrics::describe();
+    worker::metrics::describe();
+    metrics::describe_gauge!(
+        "comfy_broker_build_info",
+        "Build of this process (always 1)"
+    );
     metrics::gauge!("comfy_broker_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }

@@ -43,6 +43,50 @@ pub const REDIS_ERRORS: &str = "comfy_broker_redis_errors_total";
 /// `comfy_broker_redis_reconnects_total{component}`.
 pub const REDIS_RECONNECTS: &str = "comfy_broker_redis_reconnects_total";
 
+/// Registers the `# HELP` text of the gateway's metrics (call once, after the recorder is
+/// installed).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route template, method and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to the response head by route template and method"
+    );
+    describe_counter!(JOBS_SUBMITTED, "Jobs accepted by POST /prompt");
+    describe_counter!(SUBMIT_REJECTED, "POST /prompt refusals by reason");
+    describe_counter!(JOBS_CANCELLED, "Pending jobs deleted by their owner");
+    describe_counter!(AUTH_FAILURES, "Refused authentications by reason");
+    describe_gauge!(WEBSOCKET_CONNECTIONS, "Open /ws sockets");
+    describe_counter!(EVENTS_DELIVERED, "Frames written to /ws sockets by kind");
+    describe_counter!(PREVIEWS_DROPPED, "Previews dropped for slow sockets");
+    describe_counter!(WEBSOCKET_SLOW_CLOSES, "Sockets closed with 1013 (too slow)");
+    describe_gauge!(
+        QUEUE_PENDING,
+        "Pending jobs of the pool (sampled from Redis)"
+    );
+    describe_gauge!(
+        QUEUE_RUNNING,
+        "Running jobs of the pool (sampled from Redis)"
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest pending job of the pool (sampled from Redis)"
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Failed or timed-out Redis operations by component"
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Re-established Redis subscriptions by component"
+    );
+}
+
 /// Why a token or login was refused: the only values of `auth_failures_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {

@@ -285,3 +285,47 @@ impl ComfyClient {
         Ok(ws)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one HTTP request with `{}` and returns the request head it read.
+    async fn one_request(listener: tokio::net::TcpListener) -> String {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the request head ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn the_jobs_request_id_goes_to_the_backend() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(one_request(listener));
+        let t = Duration::from_secs(5);
+        let plain = ComfyClient::new(&base, &BTreeMap::new(), t, t, t).unwrap();
+        let client = plain.with_request_id(Some("trace-42"));
+        let _: Value = client.get_json("/system_stats").await.unwrap();
+        let head = server.await.unwrap();
+        assert!(head.contains("x-request-id: trace-42\r\n"), "{head}");
+
+        // Without a job, no header.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(one_request(listener));
+        let plain = ComfyClient::new(&base, &BTreeMap::new(), t, t, t).unwrap();
+        let _: Value = plain.get_json("/system_stats").await.unwrap();
+        let head = server.await.unwrap();
+        assert!(!head.contains("x-request-id"), "{head}");
+    }
+}

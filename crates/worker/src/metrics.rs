@@ -28,6 +28,24 @@ pub const REDIS_ERRORS: &str = "comfy_broker_redis_errors_total";
 /// `comfy_broker_redis_reconnects_total{component}` (shared with the gateway).
 pub const REDIS_RECONNECTS: &str = "comfy_broker_redis_reconnects_total";
 
+/// Registers the `# HELP` text of the worker's metrics (call once, after the recorder is
+/// installed).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(JOBS_STARTED, "Job attempts started, by backend");
+    describe_counter!(JOBS_FINISHED, "Jobs ended by outcome");
+    describe_histogram!(JOB_WAIT, Unit::Seconds, "Submit to first start");
+    describe_histogram!(JOB_RUN, Unit::Seconds, "Start to terminal state");
+    describe_counter!(JOBS_RECLAIMED, "Expired leases given back to the queue");
+    describe_counter!(JOBS_DEAD_LETTERED, "Jobs that ran out of attempts");
+    describe_counter!(EVENTS_PUBLISHED, "Events published to Redis for clients");
+    describe_gauge!(
+        BACKEND_UP,
+        "1 for the backend's current state, 0 for the others"
+    );
+    describe_counter!(BACKEND_JOBS, "Jobs a backend ran to their end");
+}
+
 /// Counts one failed Redis operation of the worker.
 pub(crate) fn redis_error() {
     metrics::counter!(REDIS_ERRORS, "component" => "worker").increment(1);
