@@ -27,6 +27,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+    /// Prometheus metrics (`[metrics]`).
+    pub metrics: crate::telemetry::MetricsConfig,
 }
 
 /// Accounts.
@@ -119,6 +121,7 @@ impl Config {
         if let Err(e) = self.files.validate() {
             bail!("{e}");
         }
+        self.metrics.validate()?;
         Ok(())
     }
 

@@ -199,6 +199,10 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     let store = store::Store::connect(config.store_config())
         .await
         .context("connecting to Redis")?;
+    // One listener serves the gateway's and the worker's metrics.
+    let _metrics =
+        crate::telemetry::start(&config.metrics, &store, Some(config.gateway.pools.clone()))
+            .await?;
 
     let mut sims = Vec::new();
     let backend_urls: Vec<String> = if args.backends.is_empty() {

@@ -82,6 +82,9 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// Write each gateway's log (at debug level) to `<dir>/gateway<i>.log` instead of stderr.
     pub gateway_logs: Option<PathBuf>,
+    /// Give every gateway and worker a known metrics port (listed in [`Stack::metrics`]);
+    /// otherwise each picks a free one nobody reads.
+    pub metrics: bool,
 }
 
 /// Fast failure detection for reliability tests.
@@ -111,6 +114,9 @@ pub struct Stack {
     pub backends: Vec<String>,
     pub procs: Vec<Proc>,
     pub http: reqwest::Client,
+    /// `(process name, http://addr)` of each metrics listener when `StackOptions::metrics`.
+    pub metrics: Vec<(String, String)>,
+    metrics_ports: bool,
 }
 
 impl Stack {
@@ -125,6 +131,8 @@ impl Stack {
                 PROMPT_LIMIT.to_string(),
             )
             .env("RUST_LOG", "warn")
+            // Many processes per machine: never the fixed default metrics port.
+            .env("COMFY_BROKER__METRICS__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -159,6 +167,8 @@ impl Stack {
             backends: Vec::new(),
             procs: Vec::new(),
             http: reqwest::Client::new(),
+            metrics: Vec::new(),
+            metrics_ports: opts.metrics,
         };
         for i in 0..backends {
             let port = free_port();
@@ -193,6 +203,7 @@ impl Stack {
             let mut cmd = Command::new(bin());
             cmd.args(["gateway", "--listen", &format!("127.0.0.1:{port}")]);
             s.env(&mut cmd);
+            s.metrics_port(&mut cmd, &format!("gateway{i}"));
             if let Some(dir) = &opts.gateway_logs {
                 let file = std::fs::File::create(dir.join(format!("gateway{i}.log"))).unwrap();
                 cmd.env("RUST_LOG", "debug").stderr(Stdio::from(file));
@@ -253,6 +264,7 @@ impl Stack {
         }
         cmd.env("COMFY_BROKER__WORKER__ID", id);
         self.env(&mut cmd);
+        self.metrics_port(&mut cmd, id);
         for (k, v) in &self.worker_env {
             cmd.env(k, v);
         }
@@ -260,6 +272,25 @@ impl Stack {
             name: id.to_owned(),
             child: cmd.spawn().unwrap(),
         });
+    }
+
+    /// Gives the process a known metrics port when the stack was asked for them.
+    fn metrics_port(&mut self, cmd: &mut Command, name: &str) {
+        if self.metrics_ports {
+            let addr = format!("127.0.0.1:{}", free_port());
+            cmd.env("COMFY_BROKER__METRICS__LISTEN", &addr);
+            self.metrics
+                .push((name.to_owned(), format!("http://{addr}")));
+        }
+    }
+
+    /// The metrics URL of process `name` (needs `StackOptions::metrics`).
+    pub fn metrics_url(&self, name: &str) -> String {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| format!("{u}/metrics"))
+            .unwrap_or_else(|| panic!("no metrics listener for {name}"))
     }
 
     /// A session JWT for `name` with role `user`.

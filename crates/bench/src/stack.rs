@@ -121,6 +121,8 @@ impl Stack {
                 .env("RUST_LOG", "warn")
                 // The submit run piles up jobs of one user on purpose (the worker is stopped).
                 .env("COMFY_BROKER__GATEWAY__MAX_QUEUED", "0")
+                // Two processes on one machine: not both on the default metrics port.
+                .env("COMFY_BROKER__METRICS__LISTEN", "127.0.0.1:0")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true);

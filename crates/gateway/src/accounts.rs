@@ -223,6 +223,7 @@ async fn throttled(st: &AppState, username: &str, address: &str) -> Result<(), R
         || over(by_addr, st.config.login_max_failures_per_address)
     {
         let wait = by_name.1.max(by_addr.1);
+        crate::metrics::auth_failure(crate::metrics::AuthFailure::Throttled);
         tracing::warn!("login throttled");
         return Err(with_retry_after(
             mss(
@@ -282,6 +283,7 @@ async fn check_password(
             Ok(Some(u))
         }
         _ => {
+            crate::metrics::auth_failure(crate::metrics::AuthFailure::LoginFailed);
             count_failure(st, username, address).await;
             Ok(None)
         }
@@ -347,6 +349,7 @@ pub(crate) async fn login(State(st): State<Arc<AppState>>, req: Request) -> Resp
         Err(r) => return r,
     };
     if user.disabled {
+        crate::metrics::auth_failure(crate::metrics::AuthFailure::Disabled);
         return mss_error(StatusCode::FORBIDDEN, "Account disabled");
     }
     let (token, exp) = match open_session(&st, &user).await {
@@ -484,6 +487,7 @@ pub(crate) async fn generate_token(State(st): State<Arc<AppState>>, req: Request
         return mss_error(StatusCode::UNAUTHORIZED, "Username and password required.");
     };
     if user.disabled {
+        crate::metrics::auth_failure(crate::metrics::AuthFailure::Disabled);
         return mss_error(StatusCode::FORBIDDEN, "Account disabled");
     }
     let role = role_of(&user);

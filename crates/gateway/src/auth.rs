@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use thiserror::Error;
 
 use crate::error::ApiError;
+use crate::metrics::AuthFailure;
 use crate::state::AppState;
 
 /// Why a token was refused. The messages never contain the token.
@@ -51,6 +52,16 @@ impl From<JwtError> for AuthError {
 }
 
 impl AuthError {
+    /// The `auth_failures_total{reason}` label of this refusal.
+    pub(crate) fn metric_reason(&self) -> AuthFailure {
+        match self {
+            AuthError::Missing => AuthFailure::Missing,
+            AuthError::Invalid(_) | AuthError::Unavailable => AuthFailure::Invalid,
+            AuthError::Expired => AuthFailure::Expired,
+            AuthError::Revoked => AuthFailure::Revoked,
+        }
+    }
+
     /// The 401 message (or 503 for `Unavailable`).
     pub(crate) fn into_api_error(self) -> ApiError {
         match self {
@@ -310,13 +321,19 @@ pub(crate) async fn authenticate_parts(
     match result {
         Ok(identity) => {
             if !identity.can(auth::Permission::CanAccessApi) {
+                crate::metrics::auth_failure(AuthFailure::Forbidden);
                 return Err(ApiError::Forbidden(auth::Permission::CanAccessApi.as_str()));
             }
             let carrier = found.map(|(_, c)| c).unwrap_or(Carrier::Bearer);
             Ok((identity, carrier))
         }
-        Err(AuthError::Unavailable) => Err(AuthError::Unavailable.into_api_error()),
+        Err(AuthError::Unavailable) => {
+            // Not the caller's fault: Redis did not answer.
+            crate::metrics::redis_error("gateway");
+            Err(AuthError::Unavailable.into_api_error())
+        }
         Err(e) => {
+            crate::metrics::auth_failure(e.metric_reason());
             tracing::debug!(reason = %e, "request refused");
             if wants_login_page(path, headers) {
                 Err(ApiError::LoginRedirect(state.config.login_path.clone()))
@@ -369,6 +386,7 @@ pub(crate) async fn require_auth(
         Ok((_, Carrier::Cookie))
             if !origin_allowed(req.headers(), &state.config.allowed_origins) =>
         {
+            crate::metrics::auth_failure(AuthFailure::Forbidden);
             ApiError::ForbiddenOther(
                 "forbidden_origin",
                 "this Origin may not use the session cookie; send the token as Authorization: Bearer".into(),

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator};
+use crate::metrics::HubMetrics;
 
 /// Close code: going away (server draining).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -75,12 +76,13 @@ struct Sock {
 impl Sock {
     /// Queues a frame without waiting. A full queue drops previews and closes the socket with
     /// 1013 for anything else.
-    fn deliver(&self, msg: Message, is_preview: bool) {
+    fn deliver(&self, msg: Message, is_preview: bool, metrics: &HubMetrics) {
         match self.tx.try_send(msg) {
             Ok(()) => self.active.store(true, Ordering::Relaxed),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if is_preview {
                     self.dropped_previews.fetch_add(1, Ordering::Relaxed);
+                    metrics.previews_dropped.increment(1);
                 } else {
                     self.close(CLOSE_TRY_AGAIN);
                 }
@@ -130,6 +132,7 @@ pub struct Hub {
     slow_closes: AtomicU64,
     closing: AtomicBool,
     stop: CancellationToken,
+    metrics: HubMetrics,
 }
 
 impl Drop for Hub {
@@ -157,6 +160,7 @@ impl Hub {
             slow_closes: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            metrics: HubMetrics::new(),
         });
         tokio::spawn(control(Arc::downgrade(&hub), rx, hub.stop.clone()));
         tokio::spawn(pinger(Arc::downgrade(&hub), hub.stop.clone()));
@@ -227,6 +231,7 @@ impl Hub {
     }
 
     fn register(&self, uid: &str, sock: Arc<Sock>) {
+        self.metrics.connections.increment(1.0);
         self.write_users()
             .entry(uid.to_owned())
             .or_default()
@@ -238,7 +243,9 @@ impl Hub {
         self.dropped_previews.fetch_add(dropped, Ordering::Relaxed);
         if sock.close_code.load(Ordering::Relaxed) == CLOSE_TRY_AGAIN {
             self.slow_closes.fetch_add(1, Ordering::Relaxed);
+            self.metrics.slow_closes.increment(1);
         }
+        self.metrics.connections.decrement(1.0);
         let now_empty = {
             let mut users = self.write_users();
             let empty = match users.get_mut(uid) {
@@ -283,7 +290,7 @@ impl Hub {
                 };
                 let msg = Message::Text(text);
                 for s in socks.iter().filter(wanted) {
-                    s.deliver(msg.clone(), false);
+                    s.deliver(msg.clone(), false, &self.metrics);
                 }
             }
             payload => {
@@ -294,7 +301,7 @@ impl Hub {
                     let frame =
                         frames[meta as usize].get_or_insert_with(|| payload.binary_for(meta));
                     if let Some(f) = frame {
-                        s.deliver(Message::Binary(f.clone()), preview);
+                        s.deliver(Message::Binary(f.clone()), preview, &self.metrics);
                     }
                 }
             }
@@ -368,6 +375,7 @@ impl Hub {
         if ws.send(Message::Text(status.into())).await.is_err() {
             return;
         }
+        self.metrics.delivered_json.increment(1);
         // A reconnecting submitter is told where its running job stands (trace 15).
         if let Ok(Ok(running)) = tokio::time::timeout(
             self.config.redis_timeout,
@@ -382,6 +390,7 @@ impl Hub {
                         if ws.send(Message::Text(m.into())).await.is_err() {
                             return;
                         }
+                        self.metrics.delivered_json.increment(1);
                     }
                 }
             }
@@ -405,8 +414,16 @@ impl Hub {
                 _ = sock.kill.notified() => continue,
                 out = rx.recv() => {
                     let Some(msg) = out else { return };
+                    let delivered = match &msg {
+                        Message::Text(_) => Some(&self.metrics.delivered_json),
+                        Message::Binary(_) => Some(&self.metrics.delivered_binary),
+                        _ => None,
+                    };
                     tokio::select! {
-                        r = ws.send(msg) => if r.is_err() { return },
+                        r = ws.send(msg) => {
+                            if r.is_err() { return }
+                            if let Some(c) = delivered { c.increment(1) }
+                        }
                         _ = sock.kill.notified() => continue,
                     }
                 }
@@ -423,6 +440,7 @@ impl Hub {
                                 if ws.send(Message::Text(reply.into())).await.is_err() {
                                     return;
                                 }
+                                self.metrics.delivered_json.increment(1);
                             }
                         }
                     }
@@ -498,6 +516,7 @@ async fn control(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: Can
                     }
                     if ok {
                         if generation > 1 {
+                            crate::metrics::redis_reconnect("hub");
                             tracing::info!(
                                 users = subscribed.len(),
                                 "event subscription re-established"
@@ -508,6 +527,7 @@ async fn control(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: Can
                     }
                 }
                 Err(e) => {
+                    crate::metrics::redis_error("hub");
                     tracing::warn!(error = %e, "event subscriber connection failed");
                 }
             }
@@ -541,6 +561,7 @@ async fn control(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: Can
                         let _ = reply.send(true);
                     }
                     Err(e) => {
+                        crate::metrics::redis_error("hub");
                         tracing::warn!(error = %e, "subscribe failed; reconnecting");
                         let _ = reply.send(false);
                         subs = None;
@@ -559,6 +580,7 @@ async fn control(hub: Weak<Hub>, mut rx: mpsc::UnboundedReceiver<Cmd>, stop: Can
             }
             Cmd::Lost(g) => {
                 if g == generation {
+                    crate::metrics::redis_error("hub");
                     tracing::warn!("event subscription lost; reconnecting");
                     subs = None;
                 }

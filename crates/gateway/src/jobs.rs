@@ -397,6 +397,7 @@ async fn cancel_one(st: &AppState, id: &Identity, job_id: &str) -> Result<bool, 
                 )
                 .await?;
             cancelled = !removed.is_empty();
+            st.pool_metrics.cancelled.increment(removed.len() as u64);
         }
         if !cancelled && matches!(rec.state, JobState::Pending | JobState::Running) {
             // Started meanwhile (or running already): interrupt it.

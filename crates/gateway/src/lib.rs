@@ -22,6 +22,7 @@ mod error;
 pub mod hub;
 mod info;
 mod jobs;
+pub mod metrics;
 mod nsfw;
 mod pool_view;
 mod prompt;
@@ -110,7 +111,10 @@ impl Gateway {
             },
             Some(authenticator.clone()),
         );
+        let pool_metrics = metrics::PoolMetrics::new(config.primary_pool());
         let state = Arc::new(AppState {
+            http_metrics: Default::default(),
+            pool_metrics,
             config,
             store,
             files,

@@ -209,6 +209,7 @@ impl PoolViewCache {
         loop {
             tick.tick().await;
             if let Err(e) = self.refresh().await {
+                crate::metrics::redis_error("gateway");
                 tracing::debug!(pool = %self.pool, error = %e, "catalogue refresh failed");
             }
         }

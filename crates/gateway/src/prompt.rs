@@ -37,8 +37,8 @@ fn now_ms() -> i64 {
 pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-request-id")
+        .filter(|v| crate::routes::request_id_ok(v.as_bytes()))
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
 }
 
@@ -187,13 +187,44 @@ fn answer(prompt_id: &str, number: &str, node_errors: &str) -> Response {
     )
 }
 
-/// `POST /prompt` (and `PUT /prompt`).
+/// `POST /prompt` (and `PUT /prompt`); counts accepted and refused submits.
 pub(crate) async fn post_prompt(
     State(st): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let r = submit(&st, identity, headers, body).await;
+    match &r {
+        Ok(Submit::Created(_)) => st.pool_metrics.submitted.increment(1),
+        Ok(Submit::Answered(_)) => {}
+        Err(e) => st.pool_metrics.rejected(crate::metrics::reject_reason(e)),
+    }
+    r.map(Submit::into_response)
+}
+
+/// What a submit came to.
+enum Submit {
+    /// A new job was queued.
+    Created(Response),
+    /// A duplicate, answered with the first answer.
+    Answered(Response),
+}
+
+impl Submit {
+    fn into_response(self) -> Response {
+        match self {
+            Submit::Created(r) | Submit::Answered(r) => r,
+        }
+    }
+}
+
+async fn submit(
+    st: &AppState,
+    identity: Identity,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Submit, ApiError> {
     require(&identity, Permission::CanRun)?;
     let limit = st.config.max_prompt_bytes.min(st.config.max_request_bytes);
     let bytes = read_body(body, &headers, limit).await?;
@@ -213,7 +244,7 @@ pub(crate) async fn post_prompt(
     };
     // Uploaded inputs live in the caller's file space, not in a backend's input folder (the
     // worker ships them): an input naming a file is valid when the caller has that file.
-    let mine = crate::upload::callers_files(&st, &identity.user_id, &p.prompt, catalog).await?;
+    let mine = crate::upload::callers_files(st, &identity.user_id, &p.prompt, catalog).await?;
     let opts = ValidateOptions {
         partial_execution_targets: p.partial.take(),
         files: FileCheck::Custom(Arc::new(move |f: &validate::FileRef<'_>| {
@@ -224,7 +255,7 @@ pub(crate) async fn post_prompt(
         validate::validate(&p.prompt, catalog, &opts).map_err(|e| ApiError::Prompt(Box::new(e)))?;
     // One backend must be able to run the whole graph (node types, model files, the caller's
     // labels); which one is decided when a backend claims it.
-    let (limits, labels) = crate::sched::caller_limits(&st, &identity).await?;
+    let (limits, labels) = crate::sched::caller_limits(st, &identity).await?;
     let req = crate::sched::requirement(&validated.prompt, &validated.outputs_to_execute, labels);
     crate::sched::check_capable(
         &req,
@@ -287,12 +318,12 @@ pub(crate) async fn post_prompt(
     let node_errors = validated.node_errors.to_json().to_string();
     match st.redis(st.store.submit(&job)).await? {
         Submitted::Created { prompt_id, number } => {
-            tracing::debug!(prompt_id = %prompt_id, number = %number, "prompt queued");
-            Ok(answer(&prompt_id, &number, &node_errors))
+            tracing::debug!(prompt_id = %prompt_id, number = %number, request_id = job.request_id.as_deref().unwrap_or(""), "prompt queued");
+            Ok(Submit::Created(answer(&prompt_id, &number, &node_errors)))
         }
         Submitted::Existing { prompt_id, number } => {
             tracing::debug!(prompt_id = %prompt_id, "duplicate submit answered with the first answer");
-            Ok(answer(&prompt_id, &number, "{}"))
+            Ok(Submit::Answered(answer(&prompt_id, &number, "{}")))
         }
         Submitted::IdempotencyConflict => Err(ApiError::IdempotencyConflict),
         Submitted::QueueFull { limit } => Err(ApiError::QueueFull(limit)),

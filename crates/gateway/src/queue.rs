@@ -94,12 +94,16 @@ pub(crate) async fn post_queue(
     let req = json_object(&bytes)?;
     let delete = id_list(req.get("delete"))?;
     if truthy(req.get("clear")) {
-        st.redis(st.store.clear_pending(st.pool(), &id.user_id))
+        let removed = st
+            .redis(st.store.clear_pending(st.pool(), &id.user_id))
             .await?;
+        st.pool_metrics.cancelled.increment(removed.len() as u64);
     }
     if let Some(ids) = delete.filter(|d| !d.is_empty()) {
-        st.redis(st.store.cancel_pending(st.pool(), &id.user_id, &ids))
+        let removed = st
+            .redis(st.store.cancel_pending(st.pool(), &id.user_id, &ids))
             .await?;
+        st.pool_metrics.cancelled.increment(removed.len() as u64);
     }
     Ok(empty_ok())
 }

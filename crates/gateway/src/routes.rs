@@ -169,6 +169,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .merge(open)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        // Outside the body limit so 413s are counted too; labelled by route template.
+        .layer(middleware::from_fn_with_state(
+            state.http_metrics.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.config.max_request_bytes).unwrap_or(usize::MAX),
         ))
@@ -193,7 +198,32 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             )
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost: a client's unusable request id is dropped, so a fresh one is made.
+        .layer(middleware::from_fn(sanitize_request_id))
         .with_state(state)
+}
+
+/// Longest client-sent `x-request-id` kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// True for a request id worth keeping: 1 to 128 visible ASCII characters.
+pub(crate) fn request_id_ok(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.iter().all(u8::is_ascii_graphic)
+}
+
+/// Removes a client-sent `x-request-id` that is too long or not visible ASCII (it would end up
+/// in logs and in the job record); the request-id layer then makes a fresh one.
+async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+    let bad = req
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || !request_id_ok(v.as_bytes()));
+    if bad {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
 }
 
 /// A query string for logs, with the values of `token` and `access_token` replaced.
@@ -237,7 +267,18 @@ async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::RedactedQuery;
+    use super::{request_id_ok, RedactedQuery};
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        assert!(request_id_ok(b"abc-123_XYZ.7"));
+        assert!(!request_id_ok(b""));
+        assert!(!request_id_ok(b"has space"));
+        assert!(!request_id_ok("caf\u{e9}".as_bytes()));
+        assert!(!request_id_ok(b"line\nbreak"));
+        assert!(request_id_ok(&[b'a'; 128]));
+        assert!(!request_id_ok(&[b'a'; 129]));
+    }
 
     #[test]
     fn tokens_never_reach_the_access_log() {

@@ -35,6 +35,10 @@ pub struct AppState {
     pub(crate) limits: crate::sched::UserLimitsCache,
     /// The `/features` document (also the reply to a socket's `feature_flags`).
     pub features: Bytes,
+    /// Request counters and latencies by route.
+    pub(crate) http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// Submit and cancel counters of the primary pool.
+    pub(crate) pool_metrics: crate::metrics::PoolMetrics,
 }
 
 impl AppState {
@@ -49,8 +53,15 @@ impl AppState {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ApiError> {
         match tokio::time::timeout(self.config.redis_timeout, fut).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(ApiError::StoreTimeout),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                crate::metrics::redis_error("gateway");
+                Err(ApiError::from(e))
+            }
+            Err(_) => {
+                crate::metrics::redis_error("gateway");
+                Err(ApiError::StoreTimeout)
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ mod registry;
 mod sched;
 mod scripts;
 mod seal;
+mod stats;
 #[cfg(feature = "test-support")]
 pub mod test_redis;
 pub mod workflows;
@@ -36,7 +37,8 @@ pub use queue::{
 };
 pub use reclaim::{DeadLetter, Reclaimed};
 pub use registry::{sha256_hex, BackendInfo, BackendState};
-pub use sched::{Capabilities, Claimed, JobClass, Limits, Offer, PoolDepth, Requirement};
+pub use sched::{Capabilities, Claimed, JobClass, Limits, Offer, Requirement};
+pub use stats::QueueStats;
 
 /// How to reach Redis and how much to keep there.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::now_ms;
 use crate::{Store, StoreError};
 
 /// What a job needs from a backend: every node type and model file its graph names, and the
@@ -164,17 +163,6 @@ pub struct Claimed {
     pub known_classes: u64,
 }
 
-/// Pending work of one pool (what an autoscaler reads).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolDepth {
-    /// Pending jobs (not yet started) of every user.
-    pub pending: u64,
-    /// Users with pending jobs.
-    pub users: u64,
-    /// Age in ms of the oldest pending job (`None` when nothing is pending).
-    pub oldest_pending_ms: Option<i64>,
-}
-
 /// How many ready users one claim inspects at most (users at their running limit or without a
 /// job this backend can run are skipped within this window).
 pub(crate) const CLAIM_SCAN: usize = 64;
@@ -188,54 +176,6 @@ impl Store {
             .into_iter()
             .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|r| (k, r)))
             .collect())
-    }
-
-    /// Pending jobs of a pool, and the age of the oldest (by submit time; front jobs and
-    /// client-chosen numbers included). Reads every ready user's queue head: cost grows with
-    /// the number of users with pending work, not with the number of jobs.
-    pub async fn pool_depth(&self, pool: &str) -> Result<PoolDepth, StoreError> {
-        let k = self.keys();
-        let mut conn = self.conn();
-        let users: Vec<String> = conn.zrange(k.ready(pool), 0, -1).await?;
-        if users.is_empty() {
-            return Ok(PoolDepth::default());
-        }
-        let mut pipe = redis::pipe();
-        for u in &users {
-            // The best-priority head, and the first normal (arrival-ordered) job.
-            pipe.zcard(k.pending(pool, u))
-                .zrange(k.pending(pool, u), 0, 0)
-                .zrangebyscore_limit(k.pending(pool, u), 0, "+inf", 0, 1);
-        }
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut pending = 0u64;
-        let mut heads: Vec<(String, String)> = Vec::new();
-        for (u, chunk) in users.iter().zip(raw.chunks(3)) {
-            if let [n, a, b] = chunk {
-                pending += redis::from_redis_value::<u64>(n.clone()).unwrap_or(0);
-                for v in [a, b] {
-                    for pid in redis::from_redis_value::<Vec<String>>(v.clone()).unwrap_or_default()
-                    {
-                        heads.push((u.clone(), pid));
-                    }
-                }
-            }
-        }
-        let mut pipe = redis::pipe();
-        for (u, pid) in &heads {
-            pipe.hget(k.job(pool, u, pid), "created");
-        }
-        let created: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
-        let now = now_ms();
-        Ok(PoolDepth {
-            pending,
-            users: users.len() as u64,
-            oldest_pending_ms: created
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|c| (now - c).max(0)),
-        })
     }
 }
 

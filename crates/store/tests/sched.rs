@@ -223,7 +223,7 @@ async fn classes_route_jobs_to_capable_backends_and_warm_ones_first() {
         vec!["x1".to_string()]
     );
     assert!(s.claim("default", "w", "b").await.unwrap().is_none());
-    assert_eq!(s.pool_depth("default").await.unwrap().pending, 0);
+    assert_eq!(s.queue_stats("default").await.unwrap().pending, 0);
 }
 
 #[tokio::test]
@@ -235,9 +235,9 @@ async fn released_jobs_go_back_to_their_class_and_depth_counts_them() {
     j.class = cx.clone();
     submit(&s, j).await;
     submit(&s, job("b", "b0")).await;
-    let d = s.pool_depth("default").await.unwrap();
+    let d = s.queue_stats("default").await.unwrap();
     assert_eq!((d.pending, d.users), (2, 2));
-    assert!(d.oldest_pending_ms.is_some());
+    assert!(d.oldest_pending_created_ms.is_some());
     let offer = Offer::Classes(vec![(cx.id.clone(), false)]);
     let l = s
         .claim_for("default", "w", "b", &offer)
@@ -254,7 +254,7 @@ async fn released_jobs_go_back_to_their_class_and_depth_counts_them() {
         .lease
         .unwrap();
     assert_eq!(again.prompt_id, "x0");
-    assert_eq!(s.pool_depth("default").await.unwrap().pending, 1);
+    assert_eq!(s.queue_stats("default").await.unwrap().pending, 1);
 }
 
 #[tokio::test]
@@ -293,5 +293,5 @@ async fn jobs_queued_before_routing_existed_still_run() {
         .lease
         .unwrap();
     assert_eq!(l.prompt_id, "p-old");
-    assert_eq!(s.pool_depth("default").await.unwrap().pending, 0);
+    assert_eq!(s.queue_stats("default").await.unwrap().pending, 0);
 }

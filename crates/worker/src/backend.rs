@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{BackendWs, ComfyClient};
 use crate::error::BackendError;
 use crate::job::JobEnd;
+use crate::metrics::BackendMetrics;
 use crate::publisher::Publisher;
 use crate::routing::Router;
 use crate::{BackendConfig, Shared};
@@ -61,6 +62,8 @@ pub(crate) struct BackendRunner {
     models: BTreeMap<String, Vec<String>>,
     /// Which capability classes it can run.
     router: Router,
+    /// This backend's metric handles.
+    pub(crate) metrics: Arc<BackendMetrics>,
 }
 
 fn folder_is_safe(f: &str) -> bool {
@@ -80,7 +83,9 @@ impl BackendRunner {
         shutdown: CancellationToken,
         drain: CancellationToken,
     ) -> Self {
-        let publisher = Publisher::spawn(shared.store.clone());
+        let metrics = Arc::new(BackendMetrics::new(&cfg.pool, &id));
+        metrics.state(BackendState::Unhealthy);
+        let publisher = Publisher::spawn(shared.store.clone(), metrics.published.clone());
         let info = BackendInfo {
             id: id.clone(),
             pool: cfg.pool.clone(),
@@ -121,6 +126,7 @@ impl BackendRunner {
             cooldown: false,
             models: BTreeMap::new(),
             router: Router::default(),
+            metrics,
         }
     }
 
@@ -132,6 +138,7 @@ impl BackendRunner {
                 tracing::info!(backend = %self.id, "backend healthy");
             }
             self.state = Some(state);
+            self.metrics.state(state);
             let _ = self.reg.send(RegUpdate::State(state));
         }
     }
@@ -167,6 +174,7 @@ impl BackendRunner {
             let _ = ws.close(None).await;
         }
         // Closing the registry channel marks the backend unhealthy in the registry.
+        self.metrics.state(BackendState::Unhealthy);
         let (closed, _) = mpsc::unbounded_channel();
         self.reg = closed;
         if let Some(task) = self.registry_task.take() {
@@ -312,6 +320,7 @@ impl BackendRunner {
                     match self.run_job(lease).await {
                         JobEnd::Done => {
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            self.metrics.jobs.increment(1);
                             if self.ws.is_none() {
                                 // Reconnect (and health-check) before the next claim.
                                 return;
@@ -321,6 +330,7 @@ impl BackendRunner {
                         }
                         JobEnd::BackendDown => {
                             let _ = self.reg.send(RegUpdate::JobDone);
+                            self.metrics.jobs.increment(1);
                             self.ws = None;
                             self.cooldown = true;
                             self.set_state(BackendState::Unhealthy);
@@ -331,6 +341,7 @@ impl BackendRunner {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    crate::metrics::redis_error();
                     tracing::warn!(backend = %self.id, error = %e, "claim failed");
                 }
             }
@@ -436,7 +447,10 @@ async fn registry(
             .await
         {
             Ok(()) => pending_doc = None,
-            Err(e) => tracing::warn!(backend = %info.id, error = %e, "registry publish failed"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::warn!(backend = %info.id, error = %e, "registry publish failed")
+            }
         }
     }
     // Marked unhealthy, not removed: gateways keep validating against its catalogue while

@@ -36,6 +36,8 @@ pub(crate) struct ComfyClient {
     headers: HeaderMap,
     connect_timeout: Duration,
     transfer_timeout: Duration,
+    /// `X-Request-Id` sent on every HTTP call (the request id of the job being run).
+    request_id: Option<HeaderValue>,
 }
 
 fn unreachable(e: reqwest::Error) -> BackendError {
@@ -75,11 +77,29 @@ impl ComfyClient {
             headers: map,
             connect_timeout,
             transfer_timeout,
+            request_id: None,
         })
+    }
+
+    /// The same client, sending `X-Request-Id: <id>` on every HTTP call (so a job can be
+    /// followed into the backend's logs); `None` sends none.
+    pub(crate) fn with_request_id(&self, id: Option<&str>) -> ComfyClient {
+        let mut c = self.clone();
+        c.request_id = id.and_then(|id| HeaderValue::from_str(id).ok());
+        c
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A request to `path` with the job's request id.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let b = self.http.request(method, self.url(path));
+        match &self.request_id {
+            Some(id) => b.header("x-request-id", id.clone()),
+            None => b,
+        }
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, BackendError> {
@@ -97,8 +117,7 @@ impl ComfyClient {
     /// GET a path, returning the raw body of a 2xx answer.
     pub(crate) async fn get_bytes(&self, path: &str) -> Result<Bytes, BackendError> {
         let resp = self
-            .http
-            .get(self.url(path))
+            .request(reqwest::Method::GET, path)
             .send()
             .await
             .map_err(unreachable)?;
@@ -117,8 +136,7 @@ impl ComfyClient {
     /// `POST /prompt`.
     pub(crate) async fn submit(&self, body: &Value) -> Result<SubmitAnswer, BackendError> {
         let resp = self
-            .http
-            .post(self.url("/prompt"))
+            .request(reqwest::Method::POST, "/prompt")
             .json(body)
             .send()
             .await
@@ -139,8 +157,7 @@ impl ComfyClient {
     /// `POST /interrupt {"prompt_id"}` (a no-op on the backend unless that prompt runs).
     pub(crate) async fn interrupt(&self, backend_prompt_id: &str) -> Result<(), BackendError> {
         let resp = self
-            .http
-            .post(self.url("/interrupt"))
+            .request(reqwest::Method::POST, "/interrupt")
             .json(&serde_json::json!({ "prompt_id": backend_prompt_id }))
             .send()
             .await
@@ -152,8 +169,7 @@ impl ComfyClient {
     /// `POST /queue {"delete": [id]}`: drops a prompt that is still pending on the backend.
     pub(crate) async fn delete_pending(&self, backend_prompt_id: &str) -> Result<(), BackendError> {
         let resp = self
-            .http
-            .post(self.url("/queue"))
+            .request(reqwest::Method::POST, "/queue")
             .json(&serde_json::json!({ "delete": [backend_prompt_id] }))
             .send()
             .await
@@ -197,8 +213,7 @@ impl ComfyClient {
         kind: &str,
     ) -> Result<reqwest::Response, BackendError> {
         let resp = self
-            .http
-            .get(self.url("/view"))
+            .request(reqwest::Method::GET, "/view")
             .query(&[
                 ("filename", filename),
                 ("subfolder", subfolder),
@@ -226,8 +241,7 @@ impl ComfyClient {
             .text("subfolder", subfolder.to_owned())
             .text("overwrite", "true");
         let resp = self
-            .http
-            .post(self.url("/upload/image"))
+            .request(reqwest::Method::POST, "/upload/image")
             .multipart(form)
             .timeout(self.transfer_timeout)
             .send()
@@ -269,5 +283,49 @@ impl ComfyClient {
             .await
             .map_err(|e| BackendError::Unreachable(format!("websocket: {e}")))?;
         Ok(ws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers one HTTP request with `{}` and returns the request head it read.
+    async fn one_request(listener: tokio::net::TcpListener) -> String {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the request head ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn the_jobs_request_id_goes_to_the_backend() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(one_request(listener));
+        let t = Duration::from_secs(5);
+        let plain = ComfyClient::new(&base, &BTreeMap::new(), t, t, t).unwrap();
+        let client = plain.with_request_id(Some("trace-42"));
+        let _: Value = client.get_json("/system_stats").await.unwrap();
+        let head = server.await.unwrap();
+        assert!(head.contains("x-request-id: trace-42\r\n"), "{head}");
+
+        // Without a job, no header.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(one_request(listener));
+        let plain = ComfyClient::new(&base, &BTreeMap::new(), t, t, t).unwrap();
+        let _: Value = plain.get_json("/system_stats").await.unwrap();
+        let head = server.await.unwrap();
+        assert!(!head.contains("x-request-id"), "{head}");
     }
 }

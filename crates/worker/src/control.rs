@@ -24,6 +24,7 @@ pub(crate) async fn run(
     wake: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
+    let mut subscribed_before = false;
     loop {
         let sub = tokio::select! {
             s = shared.store.control_subscriber(&pool) => s,
@@ -32,6 +33,9 @@ pub(crate) async fn run(
         match sub {
             Ok(mut sub) => {
                 tracing::debug!(pool = %pool, "control channel subscribed");
+                if std::mem::replace(&mut subscribed_before, true) {
+                    crate::metrics::redis_reconnect();
+                }
                 // Wake-ups may have been missed while not subscribed.
                 nudge(&wake);
                 loop {
@@ -48,13 +52,17 @@ pub(crate) async fn run(
                             }
                         }
                         None => {
+                            crate::metrics::redis_error();
                             tracing::warn!(pool = %pool, "control channel lost; subscribing again");
                             break;
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(pool = %pool, error = %e, "control subscribe failed"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::warn!(pool = %pool, error = %e, "control subscribe failed")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
@@ -85,10 +93,14 @@ pub(crate) async fn reclaim(shared: Arc<Shared>, pool: String, shutdown: Cancell
             .await
         {
             Ok(r) if r.requeued > 0 || r.dead > 0 => {
+                crate::metrics::reclaimed(&pool, r.requeued, r.dead);
                 tracing::warn!(pool = %pool, requeued = r.requeued, dead = r.dead, "reclaimed expired leases");
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(pool = %pool, error = %e, "reclaim pass failed"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::debug!(pool = %pool, error = %e, "reclaim pass failed")
+            }
         }
     }
 }

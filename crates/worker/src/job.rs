@@ -60,6 +60,8 @@ fn mark_flagged(output: &mut Value, flagged: &[(String, String, String)]) {
 
 struct Run {
     lease: Arc<Lease>,
+    /// When this attempt started (for `job_run_seconds`).
+    started: Instant,
     backend_pid: String,
     trace: JobTrace,
     interrupt_wanted: bool,
@@ -101,7 +103,10 @@ async fn heartbeat(
                 let _ = tx.send(JobSignal::Interrupt);
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::warn!(error = %e, "heartbeat failed")
+            }
         }
     }
 }
@@ -122,6 +127,7 @@ enum Recovery {
 impl BackendRunner {
     /// Runs one leased job to its end.
     pub(crate) async fn run_job(&mut self, lease: Lease) -> JobEnd {
+        self.metrics.started.increment(1);
         let span = tracing::info_span!(
             "job",
             worker = %self.shared.config.id,
@@ -130,7 +136,12 @@ impl BackendRunner {
             request_id = %lease.request_id.as_deref().unwrap_or(""),
             attempt = lease.attempt,
         );
-        self.run_job_inner(lease).instrument(span).await
+        // Every HTTP call to the backend for this job carries its request id.
+        let plain = self.client.clone();
+        self.client = plain.with_request_id(lease.request_id.as_deref());
+        let end = self.run_job_inner(lease).instrument(span).await;
+        self.client = plain;
+        end
     }
 
     async fn run_job_inner(&mut self, lease: Lease) -> JobEnd {
@@ -166,6 +177,7 @@ impl BackendRunner {
             }
         };
         let mut run = Run {
+            started: Instant::now(),
             lease,
             backend_pid: protocol::ids::new_prompt_id(),
             trace: JobTrace::default(),
@@ -190,6 +202,11 @@ impl BackendRunner {
                 return Some(JobEnd::Done);
             }
         };
+        if lease.attempt <= 1 {
+            if let Some(wait) = crate::metrics::wait_secs(&item, crate::translate::now_ms()) {
+                self.metrics.wait.record(wait);
+            }
+        }
         let mut item = item;
         if let Some(prompt) = item.get_mut(2) {
             match self.ship_inputs(&lease, prompt).await {
@@ -777,7 +794,10 @@ impl BackendRunner {
         match self.shared.store.release(&run.lease, counts).await {
             Ok(true) => tracing::info!(reason, "job given back to the queue"),
             Ok(false) => tracing::info!("lease already lost"),
-            Err(e) => tracing::warn!(error = %e, "release failed; the lease will expire"),
+            Err(e) => {
+                crate::metrics::redis_error();
+                tracing::warn!(error = %e, "release failed; the lease will expire")
+            }
         }
     }
 
@@ -807,6 +827,7 @@ impl BackendRunner {
         dead_letter: Option<String>,
     ) {
         self.publisher.flush().await;
+        let dead = dead_letter.is_some();
         let state = match ty {
             "execution_success" => TerminalState::Success,
             "execution_interrupted" => TerminalState::Interrupted,
@@ -829,6 +850,11 @@ impl BackendRunner {
         loop {
             match self.shared.store.finish(&run.lease, &fin).await {
                 Ok(true) => {
+                    self.metrics.finished(state);
+                    self.metrics.run.record(run.started.elapsed().as_secs_f64());
+                    if dead {
+                        self.metrics.dead_lettered.increment(1);
+                    }
                     tracing::info!(state = ?state, "job finished");
                     return;
                 }
@@ -837,11 +863,13 @@ impl BackendRunner {
                     return;
                 }
                 Err(e) if Instant::now() + pause < give_up => {
+                    crate::metrics::redis_error();
                     tracing::warn!(error = %e, "finish failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
+                    crate::metrics::redis_error();
                     tracing::error!(error = %e, "could not record the end of the job; its lease will expire");
                     return;
                 }

@@ -21,6 +21,7 @@ mod config;
 mod control;
 mod error;
 mod job;
+pub mod metrics;
 mod nsfw;
 mod publisher;
 mod routing;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use metrics::Counter;
 use protocol::envelope::Envelope;
 use store::{Lease, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -25,18 +26,21 @@ pub(crate) struct Publisher {
     nodes: mpsc::Sender<Op>,
 }
 
-fn spawn_queue(store: Store) -> mpsc::Sender<Op> {
+fn spawn_queue(store: Store, published: Counter) -> mpsc::Sender<Op> {
     let (tx, mut rx) = mpsc::channel::<Op>(QUEUE);
     tokio::spawn(async move {
         while let Some(op) = rx.recv().await {
             match op {
                 Op::Event(lease, env) => {
+                    published.increment(1);
                     if let Err(e) = store.publish_event(&lease.user_id, &env).await {
+                        crate::metrics::redis_error();
                         tracing::warn!(prompt_id = %lease.prompt_id, error = %e, "publish failed");
                     }
                 }
                 Op::Node(lease, node) => {
                     if let Err(e) = store.set_current_node(&lease, node.as_deref()).await {
+                        crate::metrics::redis_error();
                         tracing::debug!(prompt_id = %lease.prompt_id, error = %e, "set_current_node failed");
                     }
                 }
@@ -50,11 +54,12 @@ fn spawn_queue(store: Store) -> mpsc::Sender<Op> {
 }
 
 impl Publisher {
-    /// Starts the tasks; they end when every handle is dropped.
-    pub(crate) fn spawn(store: Store) -> Self {
+    /// Starts the tasks; they end when every handle is dropped. `published` counts the events
+    /// handed to Redis.
+    pub(crate) fn spawn(store: Store, published: Counter) -> Self {
         Publisher {
-            events: spawn_queue(store.clone()),
-            nodes: spawn_queue(store),
+            events: spawn_queue(store.clone(), published),
+            nodes: spawn_queue(store, Counter::noop()),
         }
     }
 
