@@ -122,6 +122,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- if $v.metrics.enabled -}}
 {{- $_ := set $cfg "metrics" (dict "enabled" true "listen" (printf "0.0.0.0:%d" (int $v.metrics.port))) -}}
+{{- else -}}
+{{- $_ := set $cfg "metrics" (dict "enabled" false) -}}
 {{- end -}}
 {{- $_ := mustMergeOverwrite .out $cfg (deepCopy $v.config) -}}
 {{- include "cb.intify" (dict "m" .out) -}}
