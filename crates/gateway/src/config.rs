@@ -34,6 +34,11 @@ pub struct GatewayConfig {
     /// How often the pool's node catalogue, models and system stats are re-read from Redis.
     #[serde(with = "humantime_serde")]
     pub catalog_refresh: Duration,
+    /// A backend whose worker has not reported for this long is retired: dropped from the
+    /// registry, so its catalogue and models no longer count (graphs only it could run are
+    /// refused again instead of waiting for ever). Workers report every `worker.health_interval`.
+    #[serde(with = "humantime_serde")]
+    pub backend_retire_after: Duration,
     /// Origins allowed to use the `jwt_token` cookie (REST and `/ws`) besides the request's own
     /// host; `*` allows any. Token carriers a browser does not attach by itself (Bearer, query)
     /// are not checked.
@@ -110,6 +115,7 @@ impl Default for GatewayConfig {
             ws_max_incoming_bytes: 64 * 1024,
             ws_close_timeout: Duration::from_secs(5),
             catalog_refresh: Duration::from_secs(1),
+            backend_retire_after: Duration::from_secs(3600),
             allowed_origins: Vec::new(),
             login_path: "/login".into(),
             redis_timeout: Duration::from_secs(5),
@@ -145,6 +151,12 @@ impl GatewayConfig {
         }
         if self.max_prompt_bytes == 0 || self.max_request_bytes == 0 {
             return Err("gateway body limits must be positive".into());
+        }
+        if self.backend_retire_after < Duration::from_secs(60) {
+            return Err(
+                "gateway.backend_retire_after must be at least 1m (workers report every few seconds)"
+                    .into(),
+            );
         }
         if self.ws_ping_interval.is_zero() || self.catalog_refresh.is_zero() {
             return Err("gateway intervals must be positive".into());

@@ -88,7 +88,11 @@ impl Gateway {
         config.validate().map_err(GatewayError::Config)?;
         error::set_retry_after(config.retry_after_secs);
         let pool = config.primary_pool().to_owned();
-        let pool_view = Arc::new(PoolViewCache::new(store.clone(), pool.clone()));
+        let pool_view = Arc::new(PoolViewCache::new(
+            store.clone(),
+            pool.clone(),
+            config.backend_retire_after,
+        ));
         // A first look now; failures are not fatal (Redis may come up later).
         match tokio::time::timeout(config.redis_timeout, pool_view.refresh()).await {
             Ok(Ok(())) => {}

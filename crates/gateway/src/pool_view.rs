@@ -36,21 +36,33 @@ pub struct PoolView {
     catalog_key: Vec<String>,
 }
 
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Keeps [`PoolView`] fresh for one pool.
 pub struct PoolViewCache {
     store: Store,
     pool: String,
+    /// Registry entries not updated for this long are retired.
+    retire_after: Duration,
     current: RwLock<Arc<PoolView>>,
     /// Parsed catalogues by content hash (a backend's document is parsed once).
     parsed: Mutex<HashMap<String, Arc<Catalog>>>,
 }
 
 impl PoolViewCache {
-    /// An empty cache for `pool` (call [`PoolViewCache::refresh`] to fill it).
-    pub fn new(store: Store, pool: String) -> Self {
+    /// An empty cache for `pool` (call [`PoolViewCache::refresh`] to fill it); backends whose
+    /// worker has been silent for `retire_after` are dropped from the registry.
+    pub fn new(store: Store, pool: String, retire_after: Duration) -> Self {
         PoolViewCache {
             store,
             pool,
+            retire_after,
             current: RwLock::new(Arc::new(PoolView {
                 system_stats: Bytes::from(system_stats_doc(&[]).to_string()),
                 object_info: Bytes::from_static(b"{}"),
@@ -72,7 +84,17 @@ impl PoolViewCache {
     /// Serialised by the `parsed` lock, so concurrent callers do the work once.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let mut parsed = self.parsed.lock().await;
-        let backends = self.store.backends(&self.pool).await?;
+        let mut backends = self.store.backends(&self.pool).await?;
+        // A backend whose worker stopped reporting long ago (removed from every config, or its
+        // worker gone for good) is retired, so it no longer vouches for graphs nobody can run.
+        let cutoff = now_ms() - i64::try_from(self.retire_after.as_millis()).unwrap_or(i64::MAX);
+        let (retired, kept): (Vec<BackendInfo>, Vec<BackendInfo>) =
+            backends.into_iter().partition(|b| b.updated_ms < cutoff);
+        backends = kept;
+        for b in retired {
+            tracing::info!(pool = %self.pool, backend = %b.id, "retiring a backend whose worker stopped reporting");
+            self.store.remove_backend(&self.pool, &b.id).await?;
+        }
         let live: Vec<&BackendInfo> = backends
             .iter()
             .filter(|b| b.state != BackendState::Unhealthy)

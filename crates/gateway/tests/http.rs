@@ -632,6 +632,45 @@ async fn view_path_rules() {
 }
 
 #[tokio::test]
+async fn a_backend_silent_past_retire_after_stops_counting_and_leaves_the_registry() {
+    let env = Env::start().await;
+    let mut gone = common::backend("gone");
+    gone.updated_ms -= 2 * 3600 * 1000; // past the default gateway.backend_retire_after (1h)
+    env.store.publish_backend(&gone, None).await.unwrap();
+    let mut fresh = common::backend("b2");
+    fresh.updated_ms -= 60 * 1000;
+    env.store.publish_backend(&fresh, None).await.unwrap();
+    let t = env.token("u1");
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids = env
+            .store
+            .backends("default")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.id)
+            .collect::<Vec<_>>();
+        if !ids.contains(&"gone".to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ids.sort();
+    assert_eq!(ids, ["b1", "b2"]);
+    let mut models = Value::Null;
+    for _ in 0..40 {
+        models = env.get_json(&t, "/models/checkpoints").await;
+        if models.to_string().contains("b2.safetensors") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!models.to_string().contains("gone.safetensors"), "{models}");
+    assert!(models.to_string().contains("b2.safetensors"), "{models}");
+}
+
+#[tokio::test]
 async fn pool_information_routes() {
     let env = Env::start().await;
     env.store

@@ -69,7 +69,10 @@ pub fn backend(id: &str) -> BackendInfo {
         })),
         labels: BTreeMap::new(),
         jobs_run: 0,
-        updated_ms: 0,
+        updated_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
     }
 }
 
