@@ -22,6 +22,8 @@ use bytes::Bytes;
 use protocol::envelope::{Envelope, Payload, Target};
 use store::{Store, Subscriptions};
 use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::send_queue::{Push, SendQueue};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator};
@@ -66,7 +68,7 @@ struct Sock {
     token: Box<str>,
     carrier: Carrier,
     supports_metadata: AtomicBool,
-    tx: mpsc::Sender<Message>,
+    queue: SendQueue,
     close_code: AtomicU16,
     kill: Notify,
     active: AtomicBool,
@@ -74,20 +76,18 @@ struct Sock {
 }
 
 impl Sock {
-    /// Queues a frame without waiting. A full queue drops previews and closes the socket with
-    /// 1013 for anything else.
+    /// Queues a frame without waiting. When the queue is full the stalest preview gives way;
+    /// a queue full of state messages drops a preview and closes the socket with 1013 rather
+    /// than lose a state message.
     fn deliver(&self, msg: Message, is_preview: bool, metrics: &HubMetrics) {
-        match self.tx.try_send(msg) {
-            Ok(()) => self.active.store(true, Ordering::Relaxed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if is_preview {
-                    self.dropped_previews.fetch_add(1, Ordering::Relaxed);
-                    metrics.previews_dropped.increment(1);
-                } else {
-                    self.close(CLOSE_TRY_AGAIN);
-                }
+        match self.queue.push(msg, is_preview) {
+            Push::Queued => self.active.store(true, Ordering::Relaxed),
+            Push::QueuedDroppedStale | Push::DroppedPreview => {
+                self.active.store(true, Ordering::Relaxed);
+                self.dropped_previews.fetch_add(1, Ordering::Relaxed);
+                metrics.previews_dropped.increment(1);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Push::Full => self.close(CLOSE_TRY_AGAIN),
         }
     }
 
@@ -328,14 +328,13 @@ impl Hub {
         token: (String, Carrier),
     ) {
         let uid = identity.user_id;
-        let (tx, mut rx) = mpsc::channel(self.config.send_queue);
         let sock = Arc::new(Sock {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client_id: client_id.clone(),
             token: token.0.into_boxed_str(),
             carrier: token.1,
             supports_metadata: AtomicBool::new(false),
-            tx,
+            queue: SendQueue::new(self.config.send_queue),
             close_code: AtomicU16::new(0),
             kill: Notify::new(),
             active: AtomicBool::new(true),
@@ -412,8 +411,7 @@ impl Hub {
             tokio::select! {
                 biased;
                 _ = sock.kill.notified() => continue,
-                out = rx.recv() => {
-                    let Some(msg) = out else { return };
+                msg = sock.queue.pop() => {
                     let delivered = match &msg {
                         Message::Text(_) => Some(&self.metrics.delivered_json),
                         Message::Binary(_) => Some(&self.metrics.delivered_binary),
@@ -664,7 +662,8 @@ async fn pinger(hub: Weak<Hub>, stop: CancellationToken) {
         for s in h.read_users().values().flatten() {
             if !s.active.swap(false, Ordering::Relaxed) {
                 // A full queue means the socket is anything but idle: no ping needed.
-                let _ = s.tx.try_send(Message::Ping(Bytes::new()));
+                // Droppable like a preview: a ping only matters to an idle socket.
+                let _ = s.queue.push(Message::Ping(Bytes::new()), true);
             }
         }
     }

@@ -29,6 +29,7 @@ mod prompt;
 mod queue;
 mod routes;
 mod sched;
+mod send_queue;
 mod state;
 mod upload;
 mod view;
