@@ -142,3 +142,28 @@ impl Drop for TestRedis {
         }
     }
 }
+
+/// A minimal job of user `uid` with prompt id `pid` in pool `default` (no client id, not
+/// `front`, any class, default limits), for tests to adjust with struct update syntax.
+pub fn sample_job(uid: &str, pid: &str) -> crate::NewJob {
+    crate::NewJob {
+        pool: "default".into(),
+        owner: crate::Owner {
+            user_id: uid.into(),
+            username: format!("name-{uid}"),
+        },
+        prompt_id: pid.into(),
+        client_id: None,
+        front: false,
+        number: None,
+        prompt_json: r#"{"1":{"class_type":"EmptyImage","inputs":{}}}"#.into(),
+        extra_data_json: "{}".into(),
+        outputs_to_execute: vec!["1".into()],
+        sensitive_json: None,
+        idempotency_key: None,
+        body_hash: "h".into(),
+        request_id: None,
+        class: Default::default(),
+        limits: Default::default(),
+    }
+}

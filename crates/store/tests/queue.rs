@@ -4,29 +4,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::envelope::{Envelope, Payload, Target};
-use store::test_redis::TestRedis;
-use store::{Finish, HistoryWindow, JobState, NewJob, Owner, Store, Submitted, TerminalState};
+use store::test_redis::{sample_job, TestRedis};
+use store::{Finish, HistoryWindow, JobState, NewJob, Store, Submitted, TerminalState};
 
 fn job(uid: &str, pid: &str, front: bool) -> NewJob {
     NewJob {
-        pool: "default".into(),
-        owner: Owner {
-            user_id: uid.into(),
-            username: format!("name-{uid}"),
-        },
-        prompt_id: pid.into(),
         client_id: Some("c1".into()),
         front,
-        number: None,
-        prompt_json: r#"{"1":{"class_type":"EmptyImage","inputs":{}}}"#.into(),
         extra_data_json: r#"{"client_id":"c1"}"#.into(),
         outputs_to_execute: vec!["2".into()],
-        sensitive_json: None,
-        idempotency_key: None,
-        body_hash: "h".into(),
-        request_id: None,
-        class: Default::default(),
-        limits: Default::default(),
+        ..sample_job(uid, pid)
     }
 }
 

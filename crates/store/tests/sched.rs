@@ -1,32 +1,15 @@
 //! The scheduling scripts against a real Redis: fair share, weights, limits, capability
 //! classes, warm preference, and the queue depth.
 
-use store::test_redis::TestRedis;
+use store::test_redis::{sample_job, TestRedis};
 use store::{
-    Finish, JobClass, Lease, Limits, NewJob, Offer, Owner, Requirement, Store, Submitted,
-    TerminalState,
+    Finish, JobClass, Lease, Limits, NewJob, Offer, Requirement, Store, Submitted, TerminalState,
 };
 
 fn job(uid: &str, pid: &str) -> NewJob {
     NewJob {
-        pool: "default".into(),
-        owner: Owner {
-            user_id: uid.into(),
-            username: format!("name-{uid}"),
-        },
-        prompt_id: pid.into(),
-        client_id: None,
-        front: false,
-        number: None,
         prompt_json: "{}".into(),
-        extra_data_json: "{}".into(),
-        outputs_to_execute: vec!["1".into()],
-        sensitive_json: None,
-        idempotency_key: None,
-        body_hash: "h".into(),
-        request_id: None,
-        class: JobClass::default(),
-        limits: Limits::default(),
+        ..sample_job(uid, pid)
     }
 }
 

@@ -1,29 +1,10 @@
 //! Queue statistics (the metrics gateways sample) against a real Redis.
 
-use store::test_redis::TestRedis;
-use store::{NewJob, Owner, Store};
+use store::test_redis::{sample_job, TestRedis};
+use store::{NewJob, Store};
 
 fn job(uid: &str, pid: &str) -> NewJob {
-    NewJob {
-        pool: "default".into(),
-        owner: Owner {
-            user_id: uid.into(),
-            username: format!("name-{uid}"),
-        },
-        prompt_id: pid.into(),
-        client_id: None,
-        front: false,
-        number: None,
-        prompt_json: r#"{"1":{"class_type":"EmptyImage","inputs":{}}}"#.into(),
-        extra_data_json: "{}".into(),
-        outputs_to_execute: vec!["1".into()],
-        sensitive_json: None,
-        idempotency_key: None,
-        body_hash: "h".into(),
-        request_id: None,
-        class: Default::default(),
-        limits: Default::default(),
-    }
+    sample_job(uid, pid)
 }
 
 #[tokio::test]
