@@ -199,10 +199,22 @@ pub async fn run(args: DevArgs, mut config: Config) -> anyhow::Result<()> {
     let store = store::Store::connect(config.store_config())
         .await
         .context("connecting to Redis")?;
-    // One listener serves the gateway's and the worker's metrics.
-    let _metrics =
-        crate::telemetry::start(&config.metrics, &store, Some(config.gateway.pools.clone()))
-            .await?;
+    // One listener serves the gateway's and the worker's metrics; `dev` keeps it on loopback
+    // unless configured, and runs without it when the port is taken.
+    let mut metrics_config = config.metrics.clone();
+    if metrics_config.listen == crate::telemetry::MetricsConfig::default().listen {
+        metrics_config
+            .listen
+            .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let pools = Some(config.gateway.pools.clone());
+    let _metrics = match crate::telemetry::start(&metrics_config, &store, pools).await {
+        Ok(guards) => guards,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no /metrics for this dev run");
+            Vec::new()
+        }
+    };
 
     let mut sims = Vec::new();
     let backend_urls: Vec<String> = if args.backends.is_empty() {
