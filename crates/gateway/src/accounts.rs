@@ -715,6 +715,13 @@ async fn admin(st: &AppState, parts: &Parts) -> Result<Identity, Response> {
     }
 }
 
+/// Whether `caller` may change or delete `target` through the users API: the owner may act on
+/// anyone; an admin only on users below admin (and on itself, see [`update_user`]). Stricter
+/// than MSS-Login, whose admins can reset the owner: with a password field that is a takeover.
+fn may_manage(caller: &Identity, target: &User) -> bool {
+    caller.role == Role::Owner || !role_of(target).is_admin() || caller.user_id == target.id
+}
+
 /// `GET /mss-login/api/users` (admins).
 pub(crate) async fn list_users(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
@@ -820,6 +827,9 @@ pub(crate) async fn update_user(
         Ok(None) => return empty(StatusCode::NOT_FOUND),
         Err(e) => return e.into_response(),
     };
+    if !may_manage(&caller, &target) {
+        return mss_error(StatusCode::FORBIDDEN, "Owner only");
+    }
     let mut changes: Vec<(&str, String)> = Vec::new();
     let wanted_role = m
         .get("role")
@@ -836,6 +846,14 @@ pub(crate) async fn update_user(
             return mss_error(StatusCode::BAD_REQUEST, "Invalid role");
         };
         let current = role_of(&target);
+        // Making or unmaking an admin is the owner's call (an admin may not even demote itself
+        // here: that is a role change too).
+        if (wanted == Role::Admin || current == Role::Admin)
+            && wanted != current
+            && caller.role != Role::Owner
+        {
+            return mss_error(StatusCode::FORBIDDEN, "Owner only");
+        }
         if current == Role::Owner && wanted != Role::Owner {
             return mss_error(
                 StatusCode::FORBIDDEN,
@@ -894,16 +912,18 @@ pub(crate) async fn update_user(
     }
 }
 
-/// `DELETE /mss-login/api/users/{name}` (admins): never the last owner or admin.
+/// `DELETE /mss-login/api/users/{name}` (admins: users below admin; the owner: anyone but the
+/// last owner or admin).
 pub(crate) async fn delete_user(
     State(st): State<Arc<AppState>>,
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admin(&st, &parts).await {
-        return r;
-    }
+    let caller = match admin(&st, &parts).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     if name == "guest" {
         return mss_error(StatusCode::BAD_REQUEST, "Cannot delete guest");
     }
@@ -914,6 +934,9 @@ pub(crate) async fn delete_user(
     let Some(target) = users.iter().find(|u| u.username == name) else {
         return empty(StatusCode::NOT_FOUND);
     };
+    if !may_manage(&caller, target) {
+        return mss_error(StatusCode::FORBIDDEN, "Owner only");
+    }
     let admins = users.iter().filter(|u| role_of(u).is_admin()).count();
     if role_of(target).is_admin() && admins <= 1 {
         return mss_error(StatusCode::BAD_REQUEST, "Cannot delete last admin");

@@ -183,3 +183,81 @@ async fn open_sockets_of_a_revoked_session_are_closed_with_1008() {
     // Other users' sockets stay open.
     assert!(common::silent(&mut other, Duration::from_millis(300)).await);
 }
+
+#[tokio::test]
+async fn admins_cannot_touch_the_owner_or_other_admins_nor_make_admins() {
+    let env = Env::start_with(quick(), true).await;
+    let boss = user(&env, "boss", "owner").await;
+    let adm = user(&env, "adm", "admin").await;
+    let _adm2 = user(&env, "adm2", "admin").await;
+    let _alice = user(&env, "alice", "user").await;
+    let as_admin = env.token_role(&adm.id, Role::Admin);
+    let as_owner = env.token_role(&boss.id, Role::Owner);
+    let call = |method: reqwest::Method, token: &str, name: &str, body: Option<Value>| {
+        let mut rb = env
+            .http
+            .request(method, format!("{}/mss-login/api/users/{name}", env.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send()
+    };
+    let put = reqwest::Method::PUT;
+    let del = reqwest::Method::DELETE;
+    // The owner and other admins are out of an admin's reach: no password reset, no disable,
+    // no delete.
+    for (name, body) in [
+        ("boss", json!({"password": "Takeover-12345!"})),
+        ("boss", json!({"disabled": true})),
+        ("adm2", json!({"password": "Takeover-12345!"})),
+        ("adm2", json!({"role": "user"})),
+    ] {
+        let r = call(put.clone(), &as_admin, name, Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{name} {body}");
+    }
+    for name in ["boss", "adm2"] {
+        let r = call(del.clone(), &as_admin, name, None).await.unwrap();
+        assert_eq!(r.status(), 403, "delete {name}");
+    }
+    assert!(!env.store.user("boss").await.unwrap().unwrap().disabled);
+    assert!(env.store.user("adm2").await.unwrap().is_some());
+    // Promoting to admin is the owner's call.
+    let r = call(
+        put.clone(),
+        &as_admin,
+        "alice",
+        Some(json!({"role": "admin"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(env.store.user("alice").await.unwrap().unwrap().role, "user");
+    // Users below admin are still managed by admins; the owner may do all of the above.
+    let r = call(
+        put.clone(),
+        &as_admin,
+        "alice",
+        Some(json!({"sfw_check": false})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(
+        put.clone(),
+        &as_owner,
+        "alice",
+        Some(json!({"role": "admin"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(put, &as_owner, "adm2", Some(json!({"disabled": true})))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(del, &as_owner, "adm2", None).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
