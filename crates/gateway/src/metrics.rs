@@ -149,6 +149,7 @@ pub(crate) fn reject_reason(e: &crate::ApiError) -> &'static str {
         E::Forbidden(_) | E::ForbiddenOther(..) => "forbidden",
         E::IdempotencyConflict => "idempotency_conflict",
         E::Unavailable(_) | E::Store(_) | E::StoreTimeout | E::Files(_) => "unavailable",
+        E::QueueFull(_) => "quota",
         E::Raw(status, ..) | E::Text(status, _)
             if *status == axum::http::StatusCode::TOO_MANY_REQUESTS =>
         {
@@ -241,6 +242,10 @@ pub(crate) struct HttpMetrics {
     routes: RwLock<HashMap<Box<str>, RouteMethods>>,
 }
 
+/// Method label of every method we never serve (a valid extension method, so it always parses).
+static OTHER_METHOD: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"OTHER").unwrap_or(Method::CONNECT));
+
 /// Route label of requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
@@ -297,7 +302,18 @@ pub(crate) async fn track(
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let method = req.method().clone();
+    // Any token is a valid HTTP method: fold the ones we never serve into one label value, so
+    // a client cannot grow the series (or their label sizes) without bound.
+    let method = match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => req.method().clone(),
+        _ => OTHER_METHOD.clone(),
+    };
     let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
     let route = route.as_ref().map(MatchedPath::as_str).unwrap_or(UNMATCHED);
@@ -365,6 +381,7 @@ mod tests {
         assert_eq!(reject_reason(&E::StoreTimeout), "unavailable");
         assert_eq!(reject_reason(&E::TooLarge(1)), "too_large");
         assert_eq!(reject_reason(&E::Forbidden("can_run")), "forbidden");
+        assert_eq!(reject_reason(&E::QueueFull(5)), "quota");
         assert_eq!(reject_reason(&E::NotFoundEmpty), "other");
     }
 

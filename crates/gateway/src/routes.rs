@@ -226,8 +226,32 @@ async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// A query string for logs, with the values of `token` and `access_token` replaced.
+/// A query string for logs with anything that may be a credential replaced: values of keys
+/// that name one (`token`, `access_token`, `jwt_token`, `api_key`, `password` ... in any case)
+/// and any value that looks like a token wherever it hides (a JWT's `eyJ`, or a run of 40+
+/// token characters, as in `?x=1;token=<JWT>`).
 pub(crate) struct RedactedQuery<'a>(pub &'a str);
+
+/// Key fragments that mark a credential.
+const SECRET_KEYS: [&str; 7] = ["token", "key", "secret", "pass", "auth", "jwt", "cookie"];
+
+fn looks_like_token(value: &str) -> bool {
+    if value.contains("eyJ") {
+        return true;
+    }
+    let mut run = 0;
+    for c in value.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            run += 1;
+            if run >= 40 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
 
 impl std::fmt::Display for RedactedQuery<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,10 +259,20 @@ impl std::fmt::Display for RedactedQuery<'_> {
             if i > 0 {
                 f.write_str("&")?;
             }
-            let key = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
-            let decoded = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
-            if decoded == "token" || decoded == "access_token" {
-                write!(f, "{key}=[redacted]")?;
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key_plain = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            let key_lower = key_plain.to_ascii_lowercase();
+            let value_plain = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if SECRET_KEYS.iter().any(|s| key_lower.contains(s))
+                || looks_like_token(&key_plain)
+                || looks_like_token(&value_plain)
+            {
+                let shown = if looks_like_token(&key_plain) {
+                    "[redacted]"
+                } else {
+                    key
+                };
+                write!(f, "{shown}=[redacted]")?;
             } else {
                 f.write_str(pair)?;
             }
@@ -287,5 +321,26 @@ mod tests {
             "clientId=c1&token=[redacted]&access%5Ftoken=[redacted]&access_token=[redacted]"
         );
         assert_eq!(RedactedQuery("").to_string(), "");
+        // Other names a client may use, and tokens hidden in other values.
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let api = "A".repeat(43);
+        for q in [
+            format!("jwt_token={jwt}"),
+            format!("Token={jwt}"),
+            format!("token%3D{jwt}"),
+            format!("x=1;token={jwt}"),
+            format!("api_key={api}"),
+            format!("t={api}"),
+        ] {
+            let shown = RedactedQuery(&q).to_string();
+            assert!(
+                !shown.contains("eyJ") && !shown.contains(&api),
+                "{q} -> {shown}"
+            );
+        }
+        assert_eq!(
+            RedactedQuery("filename=ComfyUI_00001_.png&subfolder=0b8e2f4a-9c1d-4e2f-8a3b-5c6d7e8f9a0b&type=output").to_string(),
+            "filename=ComfyUI_00001_.png&subfolder=0b8e2f4a-9c1d-4e2f-8a3b-5c6d7e8f9a0b&type=output"
+        );
     }
 }

@@ -185,6 +185,10 @@ impl Store {
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
         let mut conn = self.conn();
         let names: Vec<String> = conn.zrange(self.keys().users(), 0, -1).await?;
+        if names.is_empty() {
+            // An empty pipeline is an error in the client.
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for n in &names {
             pipe.hgetall(self.keys().user(n));

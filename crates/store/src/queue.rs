@@ -626,6 +626,9 @@ impl Store {
         let ids: Vec<String> = conn
             .zrange(k.history(pool, user_id), start as isize, end as isize - 1)
             .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hget(k.job(pool, user_id, id), "history");
@@ -698,13 +701,18 @@ impl Store {
             .await?;
         let mut view = QueueView::default();
         let mut pipe = redis::pipe();
+        let mut asked = 0;
         for r in &runners {
             if let Some((uid, pid)) = r.split_once(':') {
                 pipe.hget(k.job(pool, uid, pid), "item");
+                asked += 1;
             }
         }
-        let items: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        view.running = items.into_iter().flatten().collect();
+        // An empty pipeline is an error in the client ("empty command"): an idle pool.
+        if asked > 0 {
+            let items: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            view.running = items.into_iter().flatten().collect();
+        }
         for uid in users {
             let ids: Vec<String> = conn.zrange(k.pending(pool, &uid), 0, -1).await?;
             view.pending.extend(self.items(pool, &uid, &ids).await?);
@@ -728,6 +736,9 @@ impl Store {
         let refs: Vec<String> = conn
             .zrange(k.history_all(pool), start as isize, end as isize - 1)
             .await?;
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         let mut ids = Vec::new();
         for r in &refs {

@@ -265,3 +265,21 @@ async fn expired_leases_are_requeued_then_dead_lettered() {
     let l = s.claim("default", "w3", "b1").await.unwrap().unwrap();
     assert_eq!((l.prompt_id.as_str(), l.attempt), ("a", 1));
 }
+
+#[tokio::test]
+async fn admin_views_of_an_idle_pool_are_empty_not_errors() {
+    let r = TestRedis::start();
+    let s = store(&r).await;
+    let q = s.queue_all("default").await.unwrap();
+    assert!(q.running.is_empty() && q.pending.is_empty());
+    let window = HistoryWindow {
+        max_items: None,
+        offset: None,
+    };
+    assert!(s.history_all("default", window).await.unwrap().is_empty());
+    assert!(s.users().await.unwrap().is_empty());
+    // And with one pending job (no runner yet) the running list is still empty.
+    s.submit(&job("u1", "p1", false)).await.unwrap();
+    let q = s.queue_all("default").await.unwrap();
+    assert_eq!((q.running.len(), q.pending.len()), (0, 1));
+}
