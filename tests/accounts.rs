@@ -303,6 +303,15 @@ async fn roles_limit_what_each_user_may_do_and_see() {
     let (_, h_admin) = stack.get_json(0, &tokens["ada"], "/history").await;
     let all: Vec<&String> = h_admin.as_object().unwrap().keys().collect();
     assert!(all.contains(&&a) && all.contains(&&b), "{all:?}");
+    // ... by id too; a user still sees only their own.
+    let (_, one) = stack
+        .get_json(0, &tokens["ada"], &format!("/history/{b}"))
+        .await;
+    assert!(one.get(&b).is_some(), "{one}");
+    let (_, none) = stack
+        .get_json(0, &tokens["uma"], &format!("/history/{b}"))
+        .await;
+    assert_eq!(none, json!({}));
     // Users API: admins only; MSS-Login's 403 body without admin rights.
     let (s, users) = stack
         .get_json(0, &tokens["ada"], "/mss-login/api/users")

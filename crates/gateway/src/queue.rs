@@ -187,7 +187,8 @@ pub(crate) async fn get_history(
     Ok(json_response(StatusCode::OK, s))
 }
 
-/// `GET /history/{prompt_id}`: `{id: entry}`, or `{}` when unknown, unfinished or not the caller's.
+/// `GET /history/{prompt_id}`: `{id: entry}`, or `{}` when unknown, unfinished or not the
+/// caller's (for `can_view_all`, anyone's).
 pub(crate) async fn get_history_one(
     State(st): State<Arc<AppState>>,
     Extension(id): Extension<Identity>,
@@ -196,14 +197,26 @@ pub(crate) async fn get_history_one(
     if !ids::is_canonical_uuid(&prompt_id) {
         return Ok(json_response(StatusCode::OK, "{}"));
     }
-    let entry = st
+    let mut entry = st
         .redis(st.store.history_entry(st.pool(), &id.user_id, &prompt_id))
         .await?;
+    let own = entry.is_some();
+    // Admins see everyone's history in the list, so by id too: whoever submitted this id.
+    if entry.is_none() && id.can(auth::Permission::CanViewAll) {
+        for owner in st.redis(st.store.owners_of(st.pool(), &prompt_id)).await? {
+            entry = st
+                .redis(st.store.history_entry(st.pool(), &owner, &prompt_id))
+                .await?;
+            if entry.is_some() {
+                break;
+            }
+        }
+    }
     let Some(entry) = entry else {
         return Ok(json_response(StatusCode::OK, "{}"));
     };
     let mut entries = [(prompt_id, entry)];
-    crate::nsfw::annotate_history(&st, &id, true, &mut entries).await?;
+    crate::nsfw::annotate_history(&st, &id, own, &mut entries).await?;
     let [(prompt_id, entry)] = entries;
     Ok(json_response(
         StatusCode::OK,
