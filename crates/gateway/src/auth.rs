@@ -132,6 +132,14 @@ pub struct AccountsAuthenticator {
     cache: Mutex<HashMap<String, CachedAnswer>>,
 }
 
+/// A use to record.
+enum Touch {
+    /// A session JWT, by its `jti`.
+    Session(String),
+    /// An API token, by its SHA-256.
+    ApiToken(String),
+}
+
 /// An authentication answer and when it was made.
 type CachedAnswer = (Instant, Result<Identity, AuthError>);
 
@@ -207,6 +215,21 @@ impl AccountsAuthenticator {
         Ok(identity)
     }
 
+    /// Records a use (`last_used_at_iso` of the token and session lists) without making the
+    /// request wait. Only on cache misses, so at most once per token per `ttl` and gateway.
+    fn touch(&self, what: Touch) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let r = match &what {
+                Touch::Session(jti) => store.touch_session(jti).await,
+                Touch::ApiToken(hash) => store.touch_api_token(hash).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not record a token use");
+            }
+        });
+    }
+
     async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if auth::is_jwt_shaped(token) {
             // Signature and expiry are checked on every request, cached or not.
@@ -220,6 +243,13 @@ impl AccountsAuthenticator {
                 return r;
             }
             let r = self.account_checks(identity).await;
+            if let Ok(Identity {
+                session_id: Some(jti),
+                ..
+            }) = &r
+            {
+                self.touch(Touch::Session(jti.clone()));
+            }
             self.remember(key, &r);
             r
         } else if auth::is_api_token_shaped(token) {
@@ -246,6 +276,9 @@ impl AccountsAuthenticator {
                     }
                 }
             };
+            if r.is_ok() {
+                self.touch(Touch::ApiToken(hash));
+            }
             self.remember(key, &r);
             r
         } else {

@@ -79,6 +79,24 @@ async fn api_tokens_authenticate_as_their_user() {
     let (_ws, first) = env.ws(&raw, Some("c")).await;
     assert_eq!(first["data"]["status"]["exec_info"]["queue_remaining"], 1);
 
+    // The use is recorded (MSS-Login's last_used_at_iso).
+    let mut used = None;
+    for _ in 0..40 {
+        used = env
+            .store
+            .api_tokens_of(&dora.id)
+            .await
+            .unwrap()
+            .first()
+            .and_then(|t| t.last_used_ms)
+            .filter(|ms| *ms > 0);
+        if used.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(used.is_some(), "last_used never recorded");
+
     let (unknown, _) = auth::generate_api_token();
     let r = env.get(&unknown, "/queue").await;
     assert_eq!(r.status(), 401);
