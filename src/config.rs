@@ -137,16 +137,12 @@ impl Config {
         if c.accounts.bootstrap_password.is_some() {
             c.accounts.bootstrap_password = Some("<redacted>".into());
         }
-        if let Ok(mut url) = url::Url::parse(&c.redis.url) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-                c.redis.url = url.to_string();
-            }
-        }
+        c.redis.url = redact_url_password(&c.redis.url);
         if !c.files.s3_secret_access_key.is_empty() {
             c.files.s3_secret_access_key = "<redacted>".into();
         }
         for b in &mut c.worker.backends {
+            b.url = redact_url_password(&b.url);
             for v in b.headers.values_mut() {
                 *v = "<redacted>".into();
             }
@@ -177,6 +173,17 @@ impl Config {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// `url` with its password (if any) replaced, for printing.
+fn redact_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
     }
 }
 
@@ -218,11 +225,17 @@ mod tests {
         c.auth.secret = "super-secret-super-secret-super-secret".into();
         c.redis.url = "redis://:hunter2@localhost:6379".into();
         c.files.s3_secret_access_key = "s3-hunter3".into();
+        c.worker.backends.push(worker::BackendConfig {
+            url: "http://u:BackendPw4@gpu-1:8188".into(),
+            ..worker::BackendConfig::default()
+        });
         let text = c.to_redacted_toml().unwrap();
         assert!(
             !text.contains("super-secret")
                 && !text.contains("hunter2")
-                && !text.contains("hunter3"),
+                && !text.contains("hunter3")
+                && !text.contains("BackendPw4")
+                && text.contains("gpu-1:8188"),
             "{text}"
         );
         let dir = tempfile::tempdir().unwrap();
