@@ -122,6 +122,11 @@ impl Config {
             bail!("{e}");
         }
         self.metrics.validate()?;
+        // Checked here too, not only when a gateway starts, so `comfy-broker config` and every
+        // process refuse a bad gateway section before doing anything.
+        if let Err(e) = self.gateway.validate() {
+            bail!("{e}");
+        }
         Ok(())
     }
 

@@ -152,6 +152,7 @@ impl GatewayConfig {
         if self.max_prompt_bytes == 0 || self.max_request_bytes == 0 {
             return Err("gateway body limits must be positive".into());
         }
+
         if self.backend_retire_after < Duration::from_secs(60) {
             return Err(
                 "gateway.backend_retire_after must be at least 1m (workers report every few seconds)"
