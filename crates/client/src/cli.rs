@@ -169,6 +169,13 @@ pub fn workflows_main(cmd: WorkflowsCommand) -> i32 {
 }
 
 fn block_on(fut: impl std::future::Future<Output = Result<i32, ClientError>>) -> i32 {
+    // Like any Unix command: when the reader goes away (`comfy-broker history | head`), end
+    // quietly instead of panicking on a failed print (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
