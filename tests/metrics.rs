@@ -236,6 +236,27 @@ async fn a_job_is_counted_by_gateway_and_worker_without_leaking_tokens() {
         ) >= 1.0,
         "{gw_text}"
     );
+    // Series of fixed label sets exist before they first move (absent() alerts, dashboards).
+    assert_eq!(
+        find(
+            &gw,
+            "comfy_broker_auth_failures_total",
+            &[("reason", "throttled")]
+        )
+        .len(),
+        1,
+        "{gw_text}"
+    );
+    assert_eq!(
+        find(
+            &gw,
+            "comfy_broker_submit_rejected_total",
+            &[("pool", "default"), ("reason", "quota")]
+        )
+        .len(),
+        1,
+        "{gw_text}"
+    );
     assert!(
         value(
             &gw,

@@ -109,6 +109,18 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Every reason.
+    pub const ALL: [AuthFailure; 8] = [
+        AuthFailure::Missing,
+        AuthFailure::Invalid,
+        AuthFailure::Expired,
+        AuthFailure::Revoked,
+        AuthFailure::Disabled,
+        AuthFailure::Forbidden,
+        AuthFailure::LoginFailed,
+        AuthFailure::Throttled,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -139,6 +151,17 @@ pub(crate) fn redis_error(component: &'static str) {
 pub(crate) fn redis_reconnect(component: &'static str) {
     metrics::counter!(REDIS_RECONNECTS, "component" => component).increment(1);
 }
+
+/// Every value [`reject_reason`] gives.
+const REJECT_REASONS: [&str; 7] = [
+    "invalid_prompt",
+    "too_large",
+    "forbidden",
+    "idempotency_conflict",
+    "unavailable",
+    "quota",
+    "other",
+];
 
 /// Why a `POST /prompt` was refused: the values of `submit_rejected_total{reason}`.
 pub(crate) fn reject_reason(e: &crate::ApiError) -> &'static str {
@@ -172,11 +195,29 @@ pub(crate) struct PoolMetrics {
 impl PoolMetrics {
     /// Handles for `pool`.
     pub(crate) fn new(pool: &str) -> Self {
+        // Every series of a fixed label set exists from the start at 0, so dashboards and
+        // `absent()` / `increase()` alerts see a fresh gateway correctly.
+        let rejected = REJECT_REASONS
+            .iter()
+            .map(|r| {
+                let c =
+                    metrics::counter!(SUBMIT_REJECTED, "pool" => pool.to_owned(), "reason" => *r);
+                c.increment(0);
+                (*r, c)
+            })
+            .collect();
+        for reason in AuthFailure::ALL {
+            metrics::counter!(AUTH_FAILURES, "reason" => reason.as_str()).increment(0);
+        }
+        for component in ["gateway", "hub"] {
+            metrics::counter!(REDIS_ERRORS, "component" => component).increment(0);
+        }
+        metrics::counter!(REDIS_RECONNECTS, "component" => "hub").increment(0);
         PoolMetrics {
             pool: pool.to_owned(),
             submitted: metrics::counter!(JOBS_SUBMITTED, "pool" => pool.to_owned()),
             cancelled: metrics::counter!(JOBS_CANCELLED, "pool" => pool.to_owned()),
-            rejected: RwLock::new(HashMap::new()),
+            rejected: RwLock::new(rejected),
         }
     }
 

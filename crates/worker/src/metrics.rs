@@ -91,6 +91,10 @@ impl BackendMetrics {
     /// Registers the handles of backend `backend` of `pool`.
     pub(crate) fn new(pool: &str, backend: &str) -> Self {
         let (p, b) = (pool.to_owned(), backend.to_owned());
+        // Series that move rarely exist from the start at 0 (dashboards, `absent()` alerts).
+        metrics::counter!(JOBS_RECLAIMED, "pool" => p.clone()).increment(0);
+        metrics::counter!(REDIS_ERRORS, "component" => "worker").increment(0);
+        metrics::counter!(REDIS_RECONNECTS, "component" => "worker").increment(0);
         let finished =
             |o: &'static str| metrics::counter!(JOBS_FINISHED, "pool" => p.clone(), "outcome" => o);
         BackendMetrics {
