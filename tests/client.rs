@@ -180,6 +180,11 @@ async fn a_failing_node_exits_1_naming_the_node_and_message() {
         "stderr: {}",
         r.stderr
     );
+    // Nothing was queued, so the result names no prompt id.
+    let lines = json_lines(&r.stdout);
+    let result = &lines.last().unwrap()["data"];
+    assert_eq!(result["status"], "failed", "{}", r.stdout);
+    assert!(result["prompt_id"].is_null(), "{}", r.stdout);
 }
 
 #[tokio::test]

@@ -69,7 +69,11 @@ pub async fn run(api: &Api, opts: &RunOptions) -> Result<RunResult, ClientError>
             Err(e) => Err(ClientError::Transport(format!("cannot watch for Ctrl-C: {e}"))),
         },
     };
-    let prompt_id = submitting.load(Ordering::SeqCst).then_some(prompt_id);
+    // An id is worth printing only if a job may exist: the submit went out and the server did
+    // not refuse the graph.
+    let prompt_id = (submitting.load(Ordering::SeqCst)
+        && !matches!(result, Err(ClientError::Rejected(_))))
+    .then_some(prompt_id);
     if opts.mode == Mode::Json {
         let data = match &result {
             Ok(r) => json!({
