@@ -428,17 +428,7 @@ mod tests {
 
     #[test]
     fn auth_failure_labels() {
-        let all = [
-            AuthFailure::Missing,
-            AuthFailure::Invalid,
-            AuthFailure::Expired,
-            AuthFailure::Revoked,
-            AuthFailure::Disabled,
-            AuthFailure::Forbidden,
-            AuthFailure::LoginFailed,
-            AuthFailure::Throttled,
-        ];
-        let names: Vec<_> = all.iter().map(|a| a.as_str()).collect();
+        let names: Vec<_> = AuthFailure::ALL.iter().map(|a| a.as_str()).collect();
         assert_eq!(
             names,
             [
