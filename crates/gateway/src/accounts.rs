@@ -722,6 +722,23 @@ fn may_manage(caller: &Identity, target: &User) -> bool {
     caller.role == Role::Owner || !role_of(target).is_admin() || caller.user_id == target.id
 }
 
+/// An admin's request with a JSON object body (the users API's writes): the caller and the
+/// object, or the answer to give (403 `Admin only`, 413, 400 `Invalid JSON`).
+async fn admin_json(
+    st: &AppState,
+    req: Request,
+) -> Result<(Identity, serde_json::Map<String, Value>), Response> {
+    let (parts, body) = req.into_parts();
+    let caller = admin(st, &parts).await?;
+    let bytes = read_body(body, &parts.headers, 64 * 1024)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok((caller, m)),
+        _ => Err(mss_error(StatusCode::BAD_REQUEST, "Invalid JSON")),
+    }
+}
+
 /// `GET /mss-login/api/users` (admins).
 pub(crate) async fn list_users(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
@@ -740,17 +757,9 @@ pub(crate) async fn list_users(State(st): State<Arc<AppState>>, req: Request) ->
 /// `POST /mss-login/api/users` `{username, password, role}` (owner and admins; only the owner
 /// creates admins) → 201.
 pub(crate) async fn create_user(State(st): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let caller = match admin(&st, &parts).await {
-        Ok(c) => c,
+    let (caller, m) = match admin_json(&st, req).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    let bytes = match read_body(body, &parts.headers, 64 * 1024).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&bytes) else {
-        return mss_error(StatusCode::BAD_REQUEST, "Invalid JSON");
     };
     let username = field(&m, &["username", "new_user_username"]).unwrap_or("");
     let password = field(&m, &["password", "new_user_password"]).unwrap_or("");
@@ -810,17 +819,9 @@ pub(crate) async fn update_user(
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let caller = match admin(&st, &parts).await {
-        Ok(c) => c,
+    let (caller, m) = match admin_json(&st, req).await {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    let bytes = match read_body(body, &parts.headers, 64 * 1024).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&bytes) else {
-        return mss_error(StatusCode::BAD_REQUEST, "Invalid JSON");
     };
     let target = match st.redis(st.store.user(&name)).await {
         Ok(Some(u)) => u,
